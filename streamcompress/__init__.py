@@ -1,0 +1,93 @@
+"""streamcompress: out-of-core prune / quantize / clip of huge model checkpoints.
+
+The public API mirrors the seed design (``compression.rs`` of OxiBonsai):
+``CompressionConfig``, the stages ``Prune`` / ``QuantizeInt8`` / ``Clip``,
+``StageStats``, ``CompressionResult.summary()``, ``estimate_compressed_size``
+and the seed's errors, run by a streaming engine over Zarr v3 stores or
+in-memory arrays.
+"""
+
+__version__ = "0.1.0"
+
+from .config import CompressionConfig, is_embedding_layer, load_config
+from .engine import EngineOptions, compress_model, estimate_compressed_size
+from .errors import (
+    BelowMinNonzero,
+    CompressionError,
+    ConfigError,
+    EmptyModel,
+    EmptyPipeline,
+    EmptyTensor,
+    InvalidPercentile,
+    InvalidSparsity,
+    InvalidStore,
+    NonFiniteError,
+    NotTwoDimensional,
+    OutputExists,
+    PruningError,
+    StoreNotFound,
+    StreamCompressError,
+    UnsupportedDtype,
+)
+from .result import CompressionResult, WeightTensor
+from .stages import Clip, Granularity, Metric, Prune, PruningConfig, QuantizeInt8, Stage
+from .stats import StageStats
+
+__all__ = [
+    "__version__",
+    "CompressionConfig",
+    "is_embedding_layer",
+    "load_config",
+    "EngineOptions",
+    "compress_model",
+    "compress_store",
+    "prune_tensor",
+    "estimate_compressed_size",
+    "CompressionResult",
+    "WeightTensor",
+    "StageStats",
+    "Stage",
+    "Prune",
+    "PruningConfig",
+    "Metric",
+    "Granularity",
+    "QuantizeInt8",
+    "Clip",
+    "StreamCompressError",
+    "ConfigError",
+    "CompressionError",
+    "EmptyModel",
+    "EmptyPipeline",
+    "InvalidPercentile",
+    "PruningError",
+    "InvalidSparsity",
+    "EmptyTensor",
+    "NotTwoDimensional",
+    "BelowMinNonzero",
+    "NonFiniteError",
+    "UnsupportedDtype",
+    "StoreNotFound",
+    "InvalidStore",
+    "OutputExists",
+]
+
+
+def compress_store(input, output, config, *, overwrite=False, options=None):
+    """Compress the Zarr group at ``input`` into a new Zarr group at ``output``."""
+    return compress_model(input, config, output=output, overwrite=overwrite, options=options)
+
+
+def prune_tensor(array, config, name="tensor", options=None):
+    """The seed's ``prune_tensor``: returns ``(pruned float32 array, mask float32 1/0)``."""
+    import numpy as np
+
+    result = compress_model(
+        {name: array},
+        CompressionConfig((Prune(config),)),
+        options=EngineOptions(**{**(options.__dict__ if options else {}), "save_masks": True}),
+    )
+    out = result.compressed_tensors[0].data
+    mask = result.masks.get(name)
+    if mask is None:
+        mask = np.ones(out.shape, dtype=np.uint8)
+    return out, mask.astype(np.float32)

@@ -1,0 +1,368 @@
+"""The streaming engine: tensors through the pipeline with bounded memory.
+
+Orchestration only: opens sources and sinks, plans blocks within the memory
+budget, reads the next block on a background thread while the current one is
+computed (read-ahead), writes on another (write-behind, one block in
+flight), shows progress and folds statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import kernels as K
+from .config import CompressionConfig
+from .errors import EmptyModel, InvalidStore, UnsupportedDtype
+from .layout import Block, TensorMeta, output_chunks, plan_blocks
+from .pipeline import TensorPipeline, skipped_stats
+from .result import CompressionResult, WeightTensor
+from .stats import StageStats
+from .store import (
+    TENSOR_ORDER_ATTR,
+    MemorySink,
+    TensorSource,
+    ZarrSink,
+    metadata_fingerprint,
+    open_input,
+    sources_from_arrays,
+    stored_nbytes,
+)
+
+__all__ = ["EngineOptions", "compress_model", "estimate_compressed_size", "load_sources"]
+
+log = logging.getLogger("streamcompress")
+
+#: Bytes of float32 working memory per block element, for sizing blocks:
+#: read-ahead block, working block, per-stage copy, score keys, write-behind
+#: block, raw read buffer and zarr's decoded chunks.
+_BYTES_PER_ELEMENT = 4 * 8
+
+
+def parse_size(text: str | int) -> int:
+    """``"256MB"``, ``"1GiB"``, ``"512k"`` or an int -> bytes.
+
+    Examples
+    --------
+    >>> parse_size("256MB"), parse_size("1GiB"), parse_size(1000)
+    (256000000, 1073741824, 1000)
+    """
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().lower().replace(" ", "")
+    units = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1 << 20, "mb": 10**6,
+             "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
+    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(num):]
+    if unit not in units or not num:
+        raise ValueError(f"cannot read size '{text}' (e.g. 256MB, 1GiB)")
+    return int(float(num) * units[unit])
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs (not what it computes, except ``nonfinite``).
+
+    Parameters
+    ----------
+    memory_budget : bytes of working memory to aim for (blocks are sized from it)
+    nonfinite : ``"error"`` or ``"zero"``
+    save_masks : keep the prune mask (in memory: ``result.masks``; in a store:
+        ``__masks__/<name>`` uint8 arrays)
+    codec : output codec of a store, ``"zstd"`` (level 1) or ``"none"``
+    progress : show a tqdm bar (bytes read, with ETA)
+    prefetch : read ahead / write behind on background threads
+    block_elems : override the block size in elements (tests)
+    """
+
+    memory_budget: int = 256 << 20
+    nonfinite: str = "error"
+    save_masks: bool = False
+    codec: str = "zstd"
+    progress: bool = False
+    prefetch: bool = True
+    block_elems: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "memory_budget", parse_size(self.memory_budget))
+        if self.memory_budget < 1 << 20:
+            raise ValueError("memory_budget must be at least 1 MiB")
+
+    @property
+    def max_block_elems(self) -> int:
+        if self.block_elems is not None:
+            return max(1, int(self.block_elems))
+        return max(1, self.memory_budget // _BYTES_PER_ELEMENT)
+
+
+class _IO:
+    """Read-ahead and write-behind threads."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.reader = ThreadPoolExecutor(1, "sc-read") if enabled else None
+        self.writer = ThreadPoolExecutor(1, "sc-write") if enabled else None
+        self.pending: Future | None = None
+
+    def blocks(self, src: TensorSource, blocks: list[Block], on_read) -> Iterator:
+        if not self.enabled:
+            for b in blocks:
+                x = src.read(b)
+                on_read(b)
+                yield b, x
+            return
+        fut = self.reader.submit(src.read, blocks[0]) if blocks else None
+        try:
+            for i, b in enumerate(blocks):
+                x = fut.result()
+                fut = self.reader.submit(src.read, blocks[i + 1]) if i + 1 < len(blocks) else None
+                on_read(b)
+                yield b, x
+        finally:
+            if fut is not None:
+                fut.cancel()
+                try:
+                    fut.result()
+                except BaseException:  # noqa: BLE001 - the reader's error is not ours to raise
+                    pass
+
+    def write(self, fn, *args) -> None:
+        if not self.enabled:
+            fn(*args)
+            return
+        self.flush()
+        self.pending = self.writer.submit(fn, *args)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            p, self.pending = self.pending, None
+            p.result()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            for ex in (self.reader, self.writer):
+                if ex is not None:
+                    ex.shutdown(wait=True, cancel_futures=True)
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                            desc="compress", dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def describe(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text[-40:], refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def load_sources(tensors: Any) -> list[TensorSource]:
+    """Sources from a Zarr store path, an open zarr Group, or in-memory arrays."""
+    if isinstance(tensors, (str, os.PathLike)):
+        return open_input(tensors)[1]
+    if hasattr(tensors, "members") and hasattr(tensors, "attrs"):
+        from .store import ZarrSource
+
+        names = sorted(n for n, node in tensors.members(max_depth=None) if hasattr(node, "shape"))
+        return [ZarrSource(n, tensors[n]) for n in names]
+    return sources_from_arrays(tensors)
+
+
+def _versions() -> dict[str, str]:
+    import numba
+    import zarr
+
+    from . import __version__
+
+    return {"streamcompress": __version__, "numpy": np.__version__, "numba": numba.__version__,
+            "zarr": zarr.__version__, "python": platform.python_version()}
+
+
+def _nonzero_raw(src: TensorSource, blocks: list[Block], io: _IO, progress: _Progress,
+                 sink, name: str, raw_dtype) -> int:
+    """Copy a skipped tensor unchanged; return its non-zero count."""
+    nz = 0
+    for b in blocks:
+        raw = src.read_raw(b)
+        progress.update(raw.nbytes)
+        x = src.read(b) if src.is_float else raw.reshape(-1)
+        nz += int(K.count_nonzero(x)) if x.dtype == np.float32 else int(np.count_nonzero(x))
+        io.write(sink.write, name, b, np.ascontiguousarray(raw).reshape(-1), None)
+    return nz
+
+
+def compress_model(
+    tensors: Any,
+    config: CompressionConfig,
+    *,
+    output: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    options: EngineOptions | None = None,
+) -> CompressionResult:
+    """Run ``config`` over ``tensors``, streaming block by block.
+
+    Parameters
+    ----------
+    tensors : path of a Zarr v3 group, an open zarr Group, a mapping
+        ``name -> array``, ``(name, array)`` pairs, or ``WeightTensor`` objects.
+    config : the pipeline.
+    output : path of a new Zarr group to write; ``None`` keeps results in
+        memory (``result.compressed_tensors``).
+    overwrite : replace an existing ``output``.
+    options : engine options (memory budget, NaN policy, progress, ...).
+
+    Raises
+    ------
+    EmptyModel, EmptyPipeline, InvalidPercentile, PruningError
+        in the seed's order, before any work or output is made.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = compress_model({"w": np.arange(1, 5, dtype=np.float32)},
+    ...                    CompressionConfig.prune_only(0.5))
+    >>> r.compressed_tensors[0].data.tolist()
+    [0.0, 0.0, 3.0, 4.0]
+    """
+    options = options or EngineOptions()
+    if isinstance(tensors, (str, os.PathLike)) and output is not None:
+        if Path(output).resolve() == Path(tensors).resolve():
+            raise InvalidStore("output must differ from the input store")
+    sources = load_sources(tensors)
+    if not sources:
+        raise EmptyModel()
+    metas = [s.meta for s in sources]
+    skip = config.check(metas)
+    for src, sk in zip(sources, skip):
+        if not sk and not src.is_float:
+            raise UnsupportedDtype(src.meta.name, src.logical_dtype)
+    K.check_threading_layer()
+
+    stages = config.stages
+    pipelines: list[TensorPipeline | None] = [None] * len(sources)
+    total = 0
+    for i, (src, sk) in enumerate(zip(sources, skip)):
+        sweeps = 1
+        if not sk:
+            pipelines[i] = TensorPipeline(stages, src.meta, options.nonfinite, options.save_masks)
+            sweeps = pipelines[i].n_sweeps
+        total += sweeps * stored_nbytes(src)
+
+    sink = MemorySink() if output is None else ZarrSink(output, overwrite=overwrite, codec=options.codec)
+    totals = [StageStats.empty(s.name) for s in stages]
+    tensor_stats: dict[str, dict[str, Any]] = {}
+    io = _IO(options.prefetch)
+    progress = _Progress(options.progress, total)
+    try:
+        for src, sk, pipe in zip(sources, skip, pipelines):
+            name = src.meta.name
+            progress.describe(name)
+            blocks = plan_blocks(src.meta.shape, options.max_block_elems, src.chunks)
+            chunks = output_chunks(src.meta.shape, blocks, src.chunks)
+            if pipe is None:
+                sink.begin_tensor(src, chunks, src.raw_dtype, False)
+                nz = _nonzero_raw(src, blocks, io, progress, sink, name, src.raw_dtype)
+                io.flush()
+                stats, infos = skipped_stats(stages, src.meta, nz), [{} for _ in stages]
+            else:
+                sink.begin_tensor(src, chunks, np.float32, pipe.want_mask)
+                per_block = stored_nbytes(src) / max(src.meta.size, 1)
+
+                def sweep(src=src, blocks=blocks, per_block=per_block):
+                    return io.blocks(src, blocks, lambda b: progress.update(int(b.size * per_block)))
+
+                def write(block, x, mask, name=name):
+                    io.write(sink.write, name, block, x, mask)
+
+                stats, infos = pipe.run(sweep, write)
+                io.flush()
+            totals = [t.merge(s) for t, s in zip(totals, stats)]
+            info = {
+                "skipped": bool(sk),
+                "shape": list(src.meta.shape),
+                "source_dtype": src.logical_dtype,
+                "stages": [{**s.to_dict(), **inf} for s, inf in zip(stats, infos)],
+            }
+            tensor_stats[name] = info
+            sink.end_tensor(name, info)
+            log.debug("done %s", name)
+    finally:
+        progress.close()
+        io.close()
+
+    names = [s.meta.name for s in sources]
+    result = CompressionResult(
+        stage_stats=totals,
+        tensor_names=names,
+        total_params=sum(m.size for m in metas),
+        total_nonzero=totals[-1].nonzero_params_after,
+        tensor_stats=tensor_stats,
+    )
+    sink.finish({
+        TENSOR_ORDER_ATTR: names,
+        "streamcompress": {
+            "pipeline": config.to_dict(),
+            "options": {k: v for k, v in asdict(options).items() if k in ("nonfinite", "codec")},
+            "versions": _versions(),
+            "input": {
+                "path": str(tensors) if isinstance(tensors, (str, os.PathLike)) else None,
+                "fingerprint": metadata_fingerprint(sources),
+            },
+            "result": result.to_dict()["summary"],
+            "stages": [s.to_dict() for s in totals],
+        },
+    })
+    if isinstance(sink, MemorySink):
+        for n in names:
+            out = sink.outputs[n]
+            result.compressed_tensors.append(WeightTensor(n, out.data))
+            if out.mask is not None:
+                result.masks[n] = out.mask
+    return result
+
+
+def estimate_compressed_size(tensors: Any, config: CompressionConfig) -> int:
+    """The seed's metadata-only size estimate (bytes).
+
+    0 for an empty model or pipeline; skipped embedding bytes unchanged; each
+    stage multiplies the rest by its ``size_factor`` (0.25 for int8).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> estimate_compressed_size({"w": np.zeros(10, np.float32)}, CompressionConfig.quantize_only())
+    10
+    """
+    metas: list[TensorMeta] = [s.meta for s in load_sources(tensors)]
+    if not metas or not config.stages:
+        return 0
+    total = sum(4 * m.size for m in metas)
+    emb = 0
+    if config.skip_embedding_layers:
+        from .config import is_embedding_layer
+
+        emb = sum(4 * m.size for m in metas if is_embedding_layer(m.name))
+    size = float(total - emb)
+    for s in config.stages:
+        size *= s.size_factor
+    return emb + int(np.floor(size + 0.5))

@@ -1,0 +1,41 @@
+"""Numba kernels: pure array functions on 1-D float32 blocks (no I/O, no logging)."""
+
+from ._jit import JIT, PJIT, TILE, check_threading_layer
+from .elementwise import (
+    absmax,
+    clip_le,
+    count_nonfinite,
+    count_nonzero,
+    diff_stats,
+    prune_threshold,
+    quantize_int8_sim,
+    square,
+    zero_nonfinite,
+)
+from .lcg import random_scores, random_unit_scores
+from .select import NBINS, hist16, locate_kth
+from .structured import accumulate_col_scores, accumulate_row_scores, apply_unit_mask
+
+__all__ = [
+    "JIT",
+    "PJIT",
+    "TILE",
+    "check_threading_layer",
+    "absmax",
+    "clip_le",
+    "count_nonfinite",
+    "count_nonzero",
+    "diff_stats",
+    "prune_threshold",
+    "quantize_int8_sim",
+    "square",
+    "zero_nonfinite",
+    "random_scores",
+    "random_unit_scores",
+    "NBINS",
+    "hist16",
+    "locate_kth",
+    "accumulate_col_scores",
+    "accumulate_row_scores",
+    "apply_unit_mask",
+]

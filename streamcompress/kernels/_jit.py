@@ -1,0 +1,46 @@
+"""Numba options in one place, and the threading-layer guard.
+
+The ``workqueue`` layer aborts the process when two Python threads call
+parallel kernels at once (the engine reads ahead and writes behind on
+background threads), so a thread-safe layer (OpenMP or TBB) is required.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    # Must be set before the first parallel kernel launches.
+    numba.config.THREADING_LAYER = "threadsafe"
+
+#: Options of every serial kernel.
+JIT = {"nogil": True, "cache": True}
+#: Options of every parallel kernel.
+PJIT = {**JIT, "parallel": True}
+
+#: Fixed tile of the deterministic reductions: partial sums are taken per
+#: tile and added in tile order, so results do not depend on thread count.
+TILE = 1 << 16
+
+_SAFE_LAYERS = ("omp", "tbb")
+
+
+def check_threading_layer() -> str:
+    """Launch a tiny parallel kernel and assert the layer is thread-safe.
+
+    Returns the layer name; raises ``RuntimeError`` for ``workqueue``.
+    """
+    from .elementwise import count_nonzero
+
+    import numpy as np
+
+    count_nonzero(np.ones(4, dtype=np.float32))
+    layer = numba.threading_layer()
+    if layer not in _SAFE_LAYERS:
+        raise RuntimeError(
+            f"numba threading layer '{layer}' is not thread-safe; install an OpenMP runtime "
+            "(libgomp) or the 'tbb' package, or set NUMBA_THREADING_LAYER=omp"
+        )
+    return layer

@@ -1,0 +1,207 @@
+"""Per-element kernels on 1-D float32 blocks (pure array functions, no I/O).
+
+Every arithmetic result is rounded back to float32 right away, so the kernels
+reproduce float32 arithmetic exactly (Numba may evaluate in float64; a single
+f64 operation on f32 inputs rounded to f32 is the correctly rounded f32 result).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from ._jit import PJIT, TILE
+
+__all__ = [
+    "count_nonzero",
+    "count_nonfinite",
+    "zero_nonfinite",
+    "absmax",
+    "square",
+    "quantize_int8_sim",
+    "clip_le",
+    "prune_threshold",
+    "diff_stats",
+]
+
+_KEYMASK = np.uint32(0x7FFFFFFF)
+
+
+@numba.njit(**PJIT)
+def count_nonzero(x):
+    """Number of elements ``!= 0`` (NaN counts as non-zero, as in the seed)."""
+    nt = (x.size + TILE - 1) // TILE
+    part = np.zeros(max(nt, 1), dtype=np.int64)
+    for t in prange(nt):
+        c = 0
+        for i in range(t * TILE, min(x.size, (t + 1) * TILE)):
+            if x[i] != 0:
+                c += 1
+        part[t] = c
+    return part.sum()
+
+
+@numba.njit(**PJIT)
+def count_nonfinite(x):
+    nt = (x.size + TILE - 1) // TILE
+    part = np.zeros(max(nt, 1), dtype=np.int64)
+    for t in prange(nt):
+        c = 0
+        for i in range(t * TILE, min(x.size, (t + 1) * TILE)):
+            if not np.isfinite(x[i]):
+                c += 1
+        part[t] = c
+    return part.sum()
+
+
+@numba.njit(**PJIT)
+def zero_nonfinite(x):
+    """Replace NaN and +-inf by 0 in place."""
+    for i in prange(x.size):
+        if not np.isfinite(x[i]):
+            x[i] = 0
+
+
+@numba.njit(**PJIT)
+def absmax(x):
+    """max |x| with the seed's fold (``f32::max`` from 0.0, NaN ignored)."""
+    nt = (x.size + TILE - 1) // TILE
+    part = np.zeros(max(nt, 1), dtype=np.float32)
+    for t in prange(nt):
+        m = np.float32(0.0)
+        for i in range(t * TILE, min(x.size, (t + 1) * TILE)):
+            a = abs(x[i])
+            if a > m:
+                m = a
+        part[t] = m
+    m = np.float32(0.0)
+    for t in range(part.size):
+        if part[t] > m:
+            m = part[t]
+    return m
+
+
+@numba.njit(**PJIT)
+def square(x):
+    """float32 ``x*x`` scores (L2 / Taylor metrics)."""
+    out = np.empty(x.size, dtype=np.float32)
+    for i in prange(x.size):
+        out[i] = np.float32(x[i] * x[i])
+    return out
+
+
+@numba.njit(**PJIT)
+def quantize_int8_sim(x, scale):
+    """Seed int8: ``q = round_half_away(x/scale)`` clamped to +-127, ``x = q*scale``; in place."""
+    for i in prange(x.size):
+        v = x[i]
+        if v != v:
+            q = 0
+        else:
+            t = np.float32(v / scale)
+            r = np.floor(np.float64(abs(t)) + 0.5)
+            if r > 127.0:
+                r = 127.0
+            if r != r:
+                q = 0
+            elif t < 0:
+                q = -np.int32(r)
+            else:
+                q = np.int32(r)
+        x[i] = np.float32(np.float32(q) * scale)
+
+
+@numba.njit(**PJIT)
+def clip_le(x, keys, thr):
+    """Zero every element whose key (``|x|`` bits) is ``<= thr``; in place."""
+    for i in prange(x.size):
+        if (keys[i] & np.uint32(0x7FFFFFFF)) <= thr:
+            x[i] = 0
+
+
+@numba.njit(**PJIT)
+def prune_threshold(x, keys, thr, ties_left, mask, want_mask):
+    """Zero keys below ``thr`` and the first ``ties_left`` keys equal to it (flat order).
+
+    ``mask`` (uint8, same size when ``want_mask``) gets 1 kept / 0 pruned.
+    Returns the number of ties in this block, so the caller can carry the
+    running tie count to the next block.
+    """
+    n = x.size
+    nt = max((n + TILE - 1) // TILE, 1)
+    ties = np.zeros(nt, dtype=np.int64)
+    for t in prange(nt):
+        c = 0
+        for i in range(t * TILE, min(n, (t + 1) * TILE)):
+            if (keys[i] & np.uint32(0x7FFFFFFF)) == thr:
+                c += 1
+        ties[t] = c
+    offset = np.zeros(nt, dtype=np.int64)
+    acc = 0
+    for t in range(nt):
+        offset[t] = acc
+        acc += ties[t]
+    for t in prange(nt):
+        rank = offset[t]
+        for i in range(t * TILE, min(n, (t + 1) * TILE)):
+            k = keys[i] & np.uint32(0x7FFFFFFF)
+            cut = False
+            if k < thr:
+                cut = True
+            elif k == thr:
+                if rank < ties_left:
+                    cut = True
+                rank += 1
+            if cut:
+                x[i] = 0
+            if want_mask:
+                mask[i] = 0 if cut else 1
+    return acc
+
+
+@numba.njit(**PJIT)
+def diff_stats(before, after):
+    """Partial stats of one stage on one block.
+
+    Returns ``(nonzero_after, sum_sq_err, max_abs_err, sum_sq_signal)``; the
+    sums are float64, taken per fixed tile and added in tile order
+    (deterministic for any thread count). Non-finite differences are left out
+    of the error sums.
+    """
+    n = after.size
+    nt = max((n + TILE - 1) // TILE, 1)
+    nz = np.zeros(nt, dtype=np.int64)
+    sse = np.zeros(nt, dtype=np.float64)
+    mx = np.zeros(nt, dtype=np.float64)
+    sig = np.zeros(nt, dtype=np.float64)
+    for t in prange(nt):
+        c = 0
+        e = 0.0
+        m = 0.0
+        s = 0.0
+        for i in range(t * TILE, min(n, (t + 1) * TILE)):
+            a = np.float64(after[i])
+            b = np.float64(before[i])
+            if a != 0:
+                c += 1
+            d = a - b
+            if np.isfinite(d):
+                e += d * d
+                if abs(d) > m:
+                    m = abs(d)
+            if np.isfinite(b):
+                s += b * b
+        nz[t] = c
+        sse[t] = e
+        mx[t] = m
+        sig[t] = s
+    tot_e = 0.0
+    tot_s = 0.0
+    tot_m = 0.0
+    for t in range(nt):
+        tot_e += sse[t]
+        tot_s += sig[t]
+        if mx[t] > tot_m:
+            tot_m = mx[t]
+    return nz.sum(), tot_e, tot_m, tot_s

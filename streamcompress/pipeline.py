@@ -1,0 +1,135 @@
+"""One tensor through all stages: statistic sweeps, then the apply sweep.
+
+The pipeline is I/O-free: the engine hands it a way to stream the tensor's
+blocks (``sweep()`` returns a fresh iterator of ``(block, float32 array)``)
+and a ``write`` callback. A stage's statistic is taken on the output of the
+stages before it, recomputed block by block (never a temporary full copy).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from . import kernels as K
+from .errors import ConfigError, NonFiniteError
+from .layout import Block, TensorMeta
+from .stages import Prune, Stage
+from .stats import StageStats
+
+__all__ = ["NONFINITE_POLICIES", "TensorPipeline", "skipped_stats"]
+
+#: What to do with NaN/inf in a processed tensor.
+NONFINITE_POLICIES = ("error", "zero")
+
+Sweep = Callable[[], Iterable[tuple[Block, np.ndarray]]]
+Writer = Callable[[Block, np.ndarray, "np.ndarray | None"], None]
+
+
+def skipped_stats(stages: tuple[Stage, ...], meta: TensorMeta, nonzero: int) -> list[StageStats]:
+    """Per-stage stats of a tensor that bypasses every stage (the seed's skip)."""
+    nbytes = 4 * meta.size
+    return [
+        StageStats(
+            stage_name=s.name,
+            tensors_skipped=1,
+            params_before=meta.size,
+            nonzero_params_after=nonzero,
+            memory_before_bytes=nbytes,
+            memory_after_bytes=nbytes,
+        )
+        for s in stages
+    ]
+
+
+class TensorPipeline:
+    """Runs ``stages`` over one tensor.
+
+    Parameters
+    ----------
+    stages : the pipeline's stages, in order
+    meta : the tensor's name and shape
+    nonfinite : ``"error"`` (default) or ``"zero"`` (NaN/inf read as 0)
+    want_mask : also produce the prune mask (1 kept, 0 pruned by any prune stage)
+    """
+
+    def __init__(
+        self,
+        stages: tuple[Stage, ...],
+        meta: TensorMeta,
+        nonfinite: str = "error",
+        want_mask: bool = False,
+    ) -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(
+                f"unknown nonfinite policy '{nonfinite}' (choose from {', '.join(NONFINITE_POLICIES)})"
+            )
+        self.stages = stages
+        self.meta = meta
+        self.nonfinite = nonfinite
+        self.want_mask = want_mask and any(isinstance(s, Prune) for s in stages)
+        self.runners = [s.runner(meta) for s in stages]
+
+    @property
+    def n_sweeps(self) -> int:
+        """Reads of the whole tensor this pipeline needs."""
+        return sum(r.n_passes for r in self.runners) + 1
+
+    def _prepared(self, blocks: Iterable[tuple[Block, np.ndarray]], check: bool) -> Iterator:
+        for block, x in blocks:
+            if self.nonfinite == "zero":
+                K.zero_nonfinite(x)
+            elif check:
+                bad = int(K.count_nonfinite(x))
+                if bad:
+                    where = f"block {block.index} (flat elements {block.start}..{block.start + x.size - 1})"
+                    raise NonFiniteError(self.meta.name, bad, where)
+            yield block, x
+
+    def run(self, sweep: Sweep, write: Writer) -> tuple[list[StageStats], list[dict[str, Any]]]:
+        """Stream the tensor ``n_sweeps`` times; return per-stage stats and infos."""
+        first = True
+        for i, runner in enumerate(self.runners):
+            for p in range(runner.n_passes):
+                for r in self.runners[: i + 1]:
+                    r.begin_sweep()
+                for block, x in self._prepared(sweep(), first):
+                    for prev in self.runners[:i]:
+                        prev.apply(block, x, None)
+                    runner.observe(p, block, x)
+                runner.end_pass(p)
+                first = False
+        for r in self.runners:
+            r.begin_sweep()
+        partial = [StageStats.empty(s.name) for s in self.stages]
+        for block, x in self._prepared(sweep(), first):
+            mask = np.ones(x.size, dtype=np.uint8) if self.want_mask else None
+            for j, r in enumerate(self.runners):
+                before = x.copy()
+                r.apply(block, x, mask)
+                nz, sse, mx, sig = K.diff_stats(before, x)
+                partial[j] = partial[j].merge(
+                    StageStats(
+                        nonzero_params_after=int(nz),
+                        sum_sq_err=float(sse),
+                        max_abs_err=float(mx),
+                        sum_sq_signal=float(sig),
+                        n_compared=int(x.size),
+                    )
+                )
+            write(block, x, mask)
+        nbytes = 4 * self.meta.size
+        stats = [
+            part.merge(
+                StageStats(
+                    stage_name=s.name,
+                    tensors_processed=1,
+                    params_before=self.meta.size,
+                    memory_before_bytes=nbytes,
+                    memory_after_bytes=s.memory_after(nbytes),
+                )
+            )
+            for s, part in zip(self.stages, partial)
+        ]
+        return stats, [r.info() for r in self.runners]

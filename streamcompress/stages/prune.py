@@ -1,0 +1,264 @@
+"""Prune stage: the seed's ``PruningConfig`` with L1 / L2 / Taylor / Random
+metrics and unstructured / row / column granularity, streamed exactly."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import kernels as K
+from ..errors import (
+    BelowMinNonzero,
+    ConfigError,
+    EmptyTensor,
+    InvalidSparsity,
+    NotTwoDimensional,
+)
+from ..layout import Block, TensorMeta
+from .base import IdentityRunner, KthSelector, Stage, StageRunner, f32_floor_product
+
+__all__ = ["Metric", "Granularity", "PruningConfig", "Prune"]
+
+
+class Metric(str, Enum):
+    """Importance metric (the seed's ``ImportanceMetric``)."""
+
+    L1 = "l1"
+    L2 = "l2"
+    TAYLOR = "taylor"
+    RANDOM = "random"
+
+
+class Granularity(str, Enum):
+    """Pruning granularity (the seed's ``PruningGranularity``)."""
+
+    UNSTRUCTURED = "unstructured"
+    ROWS = "rows"
+    COLUMNS = "columns"
+
+
+def parse_enum(cls: type[Enum], value: Any, what: str) -> Any:
+    try:
+        return cls(value.value if isinstance(value, Enum) else str(value).lower())
+    except ValueError:
+        choices = ", ".join(m.value for m in cls)  # type: ignore[attr-defined]
+        raise ConfigError(f"unknown {what} '{value}' (choose from {choices})") from None
+
+
+def parse_real(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ConfigError(f"{what} must be a number, got {value!r}")
+    return float(value)
+
+
+def parse_count(value: Any, what: str, upper: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(f"{what} must be a non-negative integer, got {value!r}")
+    if upper is not None and value >= upper:
+        raise ConfigError(f"{what} must be below {upper}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """The seed's ``PruningConfig``.
+
+    ``sparsity`` is kept as given and used as float32, like the seed. Its
+    range is checked when the pipeline runs (seed order: ``EmptyModel`` and
+    ``EmptyPipeline`` come first), or early by ``CompressionConfig.validate``.
+
+    Examples
+    --------
+    >>> PruningConfig(0.5).metric
+    <Metric.L1: 'l1'>
+    >>> PruningConfig(0.5, metric="random", seed=7).seed
+    7
+    """
+
+    sparsity: float
+    metric: Metric = Metric.L1
+    granularity: Granularity = Granularity.UNSTRUCTURED
+    min_nonzero: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sparsity", parse_real(self.sparsity, "sparsity"))
+        object.__setattr__(self, "metric", parse_enum(Metric, self.metric, "metric"))
+        object.__setattr__(
+            self, "granularity", parse_enum(Granularity, self.granularity, "granularity")
+        )
+        object.__setattr__(self, "min_nonzero", parse_count(self.min_nonzero, "min_nonzero"))
+        object.__setattr__(self, "seed", parse_count(self.seed, "seed", 1 << 64))
+
+    @classmethod
+    def unstructured_l1(cls, sparsity: float) -> PruningConfig:
+        return cls(sparsity)
+
+    @classmethod
+    def structured_row_l2(cls, sparsity: float) -> PruningConfig:
+        return cls(sparsity, Metric.L2, Granularity.ROWS)
+
+    def validate(self) -> None:
+        s = np.float32(self.sparsity)
+        if not (0.0 <= s < 1.0):
+            raise InvalidSparsity(self.sparsity)
+
+
+@dataclass(frozen=True)
+class Prune(Stage):
+    """Prune stage (the seed's ``CompressionStage::Prune``)."""
+
+    config: PruningConfig
+    name: ClassVar[str] = "prune"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, PruningConfig):
+            raise ConfigError(f"Prune needs a PruningConfig, got {self.config!r}")
+
+    def validate(self) -> None:
+        self.config.validate()
+
+    def check_tensor(self, meta: TensorMeta) -> None:
+        """The seed's per-tensor checks, in the seed's order."""
+        cfg = self.config
+        cfg.validate()
+        n = meta.size
+        if n == 0:
+            raise EmptyTensor(meta.name)
+        if cfg.granularity is not Granularity.UNSTRUCTURED and meta.ndim != 2:
+            raise NotTwoDimensional(meta.shape, meta.name)
+        if cfg.min_nonzero > n:
+            raise BelowMinNonzero(cfg.min_nonzero, n, meta.name)
+
+    def prune_count(self, meta: TensorMeta) -> tuple[int, int]:
+        """``(k, units)``: how many units (elements, rows or columns) are pruned."""
+        cfg = self.config
+        if cfg.granularity is Granularity.UNSTRUCTURED:
+            units, unit_size = meta.size, 1
+        elif cfg.granularity is Granularity.ROWS:
+            units, unit_size = meta.shape[0], meta.shape[1]
+        else:
+            units, unit_size = meta.shape[1], meta.shape[0]
+        k = f32_floor_product(cfg.sparsity, units)
+        cap = max(units - math.ceil(cfg.min_nonzero / unit_size), 0)
+        return min(k, cap), units
+
+    def runner(self, meta: TensorMeta) -> StageRunner:
+        self.check_tensor(meta)
+        k, units = self.prune_count(meta)
+        if k == 0:
+            return IdentityRunner(pruned_units=0, units=units)
+        if self.config.granularity is Granularity.UNSTRUCTURED:
+            return _UnstructuredRunner(self.config, k)
+        return _StructuredRunner(self.config, meta, k, units)
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "name": self.name,
+            "configuration": {
+                "sparsity": c.sparsity,
+                "metric": c.metric.value,
+                "granularity": c.granularity.value,
+                "min_nonzero": c.min_nonzero,
+                "seed": c.seed,
+            },
+        }
+
+    @classmethod
+    def from_configuration(cls, conf: dict[str, Any]) -> Prune:
+        conf = dict(conf)
+        if "sparsity" not in conf:
+            raise ConfigError("prune stage needs 'sparsity'")
+        return cls(PruningConfig(**conf))
+
+
+def score_keys(metric: Metric, seed: int, block: Block, x: np.ndarray) -> np.ndarray:
+    """uint32 keys whose order is the score order (``|x|`` bits need no copy)."""
+    if metric is Metric.L1:
+        return x.view(np.uint32)
+    if metric is Metric.RANDOM:
+        return K.random_scores(block.start, x.size, seed).view(np.uint32)
+    return K.square(x).view(np.uint32)
+
+
+class _UnstructuredRunner(StageRunner):
+    n_passes = 2
+
+    def __init__(self, cfg: PruningConfig, k: int) -> None:
+        self.cfg = cfg
+        self.k = k
+        self.sel = KthSelector(k)
+        self.ties_seen = 0
+        self._empty_mask = np.zeros(0, dtype=np.uint8)
+
+    def observe(self, pass_index: int, block: Block, x: np.ndarray) -> None:
+        self.sel.observe(pass_index, score_keys(self.cfg.metric, self.cfg.seed, block, x))
+
+    def end_pass(self, pass_index: int) -> None:
+        self.sel.end_pass(pass_index)
+
+    def begin_sweep(self) -> None:
+        self.ties_seen = 0
+
+    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
+        keys = score_keys(self.cfg.metric, self.cfg.seed, block, x)
+        ties_left = self.k - self.sel.below - self.ties_seen
+        local = np.ones(x.size, dtype=np.uint8) if mask is not None else self._empty_mask
+        self.ties_seen += K.prune_threshold(
+            x, keys, np.uint32(self.sel.threshold), ties_left, local, mask is not None
+        )
+        if mask is not None:
+            mask &= local
+
+    def info(self) -> dict[str, Any]:
+        return {"pruned_units": self.k, "threshold_bits": self.sel.threshold}
+
+
+class _StructuredRunner(StageRunner):
+    def __init__(self, cfg: PruningConfig, meta: TensorMeta, k: int, units: int) -> None:
+        self.cfg = cfg
+        self.k = k
+        self.units = units
+        self.ncols = meta.shape[1]
+        self.by_rows = cfg.granularity is Granularity.ROWS
+        self.pruned = np.zeros(units, dtype=np.uint8)
+        self._acc: np.ndarray | None = None
+        if cfg.metric is Metric.RANDOM:
+            self.n_passes = 0
+            self._select(K.random_unit_scores(units, cfg.seed))
+        else:
+            self.n_passes = 1
+
+    def _select(self, scores: np.ndarray) -> None:
+        order = np.argsort(scores, kind="stable")
+        self.pruned[order[: self.k]] = 1
+
+    def observe(self, pass_index: int, block: Block, x: np.ndarray) -> None:
+        if self._acc is None:
+            self._acc = np.zeros(self.units, dtype=np.float32)
+        squared = self.cfg.metric is not Metric.L1
+        fn = K.accumulate_row_scores if self.by_rows else K.accumulate_col_scores
+        fn(x, block.start, self.ncols, self._acc, squared)
+
+    def end_pass(self, pass_index: int) -> None:
+        scores = self._acc if self._acc is not None else np.zeros(self.units, np.float32)
+        if self.cfg.metric is not Metric.L1:
+            scores = np.sqrt(scores, dtype=np.float32)
+        self._select(scores)
+        self._acc = None
+
+    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
+        local = np.ones(x.size, dtype=np.uint8) if mask is not None else np.zeros(0, np.uint8)
+        K.apply_unit_mask(
+            x, block.start, self.ncols, self.pruned, self.by_rows, local, mask is not None
+        )
+        if mask is not None:
+            mask &= local
+
+    def info(self) -> dict[str, Any]:
+        return {"pruned_units": self.k, "units": self.units}

@@ -1,0 +1,294 @@
+"""The store layer: tensor sources (Zarr arrays, in-memory arrays) and sinks.
+
+Only this module (and the engine that drives it) touches bytes on disk.
+bfloat16 has no Zarr dtype: it is stored as raw ``uint16`` bits with the
+array attribute ``logical_dtype = "bfloat16"``; this layer widens it to
+float32 (bf16 bits << 16) for the kernels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from .errors import InvalidStore, OutputExists, StoreNotFound
+from .layout import Block, TensorMeta
+
+__all__ = [
+    "TensorSource",
+    "ArraySource",
+    "ZarrSource",
+    "open_input",
+    "sources_from_arrays",
+    "MemorySink",
+    "ZarrSink",
+    "LOGICAL_DTYPE_ATTR",
+    "TENSOR_ORDER_ATTR",
+]
+
+#: Array attribute naming the real dtype of raw-bit storage (``bfloat16``, ``float16``).
+LOGICAL_DTYPE_ATTR = "logical_dtype"
+#: Group attribute listing tensor names in model order.
+TENSOR_ORDER_ATTR = "tensor_order"
+
+_FLOAT_KINDS = {"float32", "float64", "float16", "bfloat16"}
+
+
+def _widen(raw: np.ndarray, logical: str) -> np.ndarray:
+    """Flat, writable float32 copy of a raw block."""
+    flat = raw.reshape(-1)
+    if logical == "bfloat16":
+        if flat.dtype == np.uint16:
+            return (flat.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        return flat.astype(np.float32)
+    if logical == "float16" and flat.dtype == np.uint16:
+        return flat.view(np.float16).astype(np.float32)
+    if flat.dtype == np.float32:
+        return np.array(flat, dtype=np.float32, copy=True)
+    return flat.astype(np.float32)
+
+
+class TensorSource:
+    """One input tensor, read block by block."""
+
+    meta: TensorMeta
+    logical_dtype: str
+    chunks: tuple[int, ...] | None
+    attrs: dict[str, Any]
+
+    @property
+    def is_float(self) -> bool:
+        return self.logical_dtype in _FLOAT_KINDS
+
+    @property
+    def stored_itemsize(self) -> int:
+        return 4
+
+    def read_raw(self, block: Block) -> np.ndarray:
+        raise NotImplementedError
+
+    def read(self, block: Block) -> np.ndarray:
+        """Flat float32 copy of the block, safe to modify."""
+        return _widen(self.read_raw(block), self.logical_dtype)
+
+    @property
+    def raw_dtype(self) -> np.dtype:
+        raise NotImplementedError
+
+
+class ArraySource(TensorSource):
+    """An in-memory numpy array (float32/64/16 or ml_dtypes bfloat16)."""
+
+    def __init__(self, name: str, array: Any) -> None:
+        arr = np.asarray(array)
+        self.array = arr
+        self.meta = TensorMeta(str(name), tuple(int(s) for s in arr.shape))
+        self.logical_dtype = "bfloat16" if arr.dtype.name == "bfloat16" else arr.dtype.name
+        self.chunks = None
+        self.attrs = {}
+
+    @property
+    def raw_dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    @property
+    def stored_itemsize(self) -> int:
+        return self.array.dtype.itemsize
+
+    def read_raw(self, block: Block) -> np.ndarray:
+        return np.ascontiguousarray(self.array[block.region])
+
+
+class ZarrSource(TensorSource):
+    """One array of a Zarr v3 group."""
+
+    def __init__(self, name: str, array: Any) -> None:
+        self.array = array
+        self.meta = TensorMeta(name, tuple(int(s) for s in array.shape))
+        self.attrs = dict(array.attrs)
+        logical = self.attrs.get(LOGICAL_DTYPE_ATTR)
+        dt = np.dtype(array.dtype)
+        self.logical_dtype = str(logical) if logical else dt.name
+        shards = getattr(array, "shards", None)
+        self.chunks = tuple(int(c) for c in (shards or array.chunks)) if array.ndim else ()
+
+    @property
+    def raw_dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    @property
+    def stored_itemsize(self) -> int:
+        return self.raw_dtype.itemsize
+
+    def read_raw(self, block: Block) -> np.ndarray:
+        if self.meta.ndim == 0:
+            return np.asarray(self.array[()])
+        return np.asarray(self.array[block.region])
+
+
+def sources_from_arrays(tensors: Any) -> list[TensorSource]:
+    """Wrap a mapping ``name -> array``, ``(name, array)`` pairs or objects with
+    ``.name`` and ``.data`` (the seed's ``WeightTensor``)."""
+    if isinstance(tensors, Mapping):
+        items: Iterable[tuple[str, Any]] = tensors.items()
+    else:
+        items = []
+        for t in tensors:
+            if hasattr(t, "name") and hasattr(t, "data"):
+                data = np.asarray(t.data)
+                shape = getattr(t, "shape", None)
+                items.append((t.name, data.reshape(shape) if shape is not None else data))
+            else:
+                name, arr = t
+                items.append((name, arr))
+    return [ArraySource(n, a) for n, a in items]
+
+
+def _open_group(path: str | os.PathLike, mode: str):
+    import zarr
+
+    return zarr.open_group(str(path), mode=mode)
+
+
+def open_input(path: str | os.PathLike) -> tuple[Any, list[ZarrSource]]:
+    """Open a Zarr v3 group read-only and list its tensors in model order."""
+    from zarr.errors import NodeNotFoundError
+
+    p = Path(path)
+    if not p.exists():
+        raise StoreNotFound(str(path))
+    if p.is_dir() and not os.access(p, os.R_OK | os.X_OK):
+        raise InvalidStore(f"'{path}' is not readable (permission denied)")
+    try:
+        group = _open_group(p, "r")
+    except (NodeNotFoundError, FileNotFoundError, NotADirectoryError):
+        raise InvalidStore(f"'{path}' is not a Zarr v3 group (no zarr.json)") from None
+    except (ValueError, KeyError, OSError) as e:
+        raise InvalidStore(f"'{path}' is not a readable Zarr v3 group: {e}") from None
+    if getattr(group.metadata, "zarr_format", 3) != 3:
+        raise InvalidStore(f"'{path}' is a Zarr v{group.metadata.zarr_format} group; v3 is needed")
+    arrays = {}
+    for name, node in group.members(max_depth=None):
+        if hasattr(node, "shape") and not name.startswith("__"):
+            arrays[name] = node
+    order = group.attrs.get(TENSOR_ORDER_ATTR)
+    if isinstance(order, list) and sorted(order) == sorted(arrays):
+        names = list(order)
+    else:
+        names = sorted(arrays)
+    return group, [ZarrSource(n, arrays[n]) for n in names]
+
+
+@dataclass
+class _Out:
+    data: np.ndarray
+    mask: np.ndarray | None
+
+
+class MemorySink:
+    """Collects outputs in memory (``compress_model`` on arrays)."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, _Out] = {}
+        self.infos: dict[str, dict[str, Any]] = {}
+
+    def begin_tensor(self, src: TensorSource, chunks, dtype, with_mask: bool) -> None:
+        shape = src.meta.shape
+        mask = np.ones(shape, dtype=np.uint8) if with_mask else None
+        self.outputs[src.meta.name] = _Out(np.zeros(shape, dtype=dtype), mask)
+
+    def write(self, name: str, block: Block, data: np.ndarray, mask: np.ndarray | None) -> None:
+        out = self.outputs[name]
+        out.data[block.region] = data.reshape(block.shape)
+        if mask is not None and out.mask is not None:
+            out.mask[block.region] = mask.reshape(block.shape)
+
+    def end_tensor(self, name: str, info: dict[str, Any]) -> None:
+        self.infos[name] = info
+
+    def finish(self, attrs: dict[str, Any]) -> None:
+        self.attrs = attrs
+
+
+class ZarrSink:
+    """Writes outputs as arrays of a new Zarr v3 group.
+
+    ``write_empty_chunks`` is on: the emptiness check costs more than writing
+    a mostly-zero chunk. Chunks are those of the block plan, so every chunk is
+    written exactly once, whole.
+    """
+
+    MASK_GROUP = "__masks__"
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False, codec: str = "zstd"):
+        p = Path(path)
+        if p.exists() and not overwrite:
+            raise OutputExists(str(path))
+        if codec not in ("zstd", "none"):
+            raise InvalidStore(f"unknown codec '{codec}' (choose zstd or none)")
+        self.path = p
+        self.codec = codec
+        try:
+            self.group = _open_group(p, "w")
+        except OSError as e:
+            raise InvalidStore(f"cannot create output '{path}': {e.strerror or e}") from None
+        self.arrays: dict[str, Any] = {}
+        self.masks: dict[str, Any] = {}
+
+    def _compressors(self):
+        if self.codec == "none":
+            return None
+        from zarr.codecs import ZstdCodec
+
+        return ZstdCodec(level=1)
+
+    def begin_tensor(self, src: TensorSource, chunks, dtype, with_mask: bool) -> None:
+        name = src.meta.name
+        attrs = {k: v for k, v in src.attrs.items() if k == LOGICAL_DTYPE_ATTR}
+        if np.dtype(dtype) == np.float32:
+            attrs.pop(LOGICAL_DTYPE_ATTR, None)
+            attrs["source_dtype"] = src.logical_dtype
+        kw = dict(
+            shape=src.meta.shape,
+            chunks=chunks if src.meta.ndim else (),
+            dtype=dtype,
+            compressors=self._compressors(),
+            fill_value=0,
+            config={"write_empty_chunks": True},
+            overwrite=True,
+        )
+        self.arrays[name] = self.group.create_array(name, attributes=attrs, **kw)
+        if with_mask:
+            kw["dtype"] = "uint8"
+            self.masks[name] = self.group.create_array(f"{self.MASK_GROUP}/{name}", **kw)
+
+    def write(self, name: str, block: Block, data: np.ndarray, mask: np.ndarray | None) -> None:
+        region = block.region if block.shape else ()
+        self.arrays[name][region] = data.reshape(block.shape)
+        if mask is not None and name in self.masks:
+            self.masks[name][region] = mask.reshape(block.shape)
+
+    def end_tensor(self, name: str, info: dict[str, Any]) -> None:
+        # Written last: an array is complete only once this attribute exists.
+        self.arrays[name].attrs.update({"streamcompress": {**info, "complete": True}})
+
+    def finish(self, attrs: dict[str, Any]) -> None:
+        self.group.attrs.update(attrs)
+
+
+def metadata_fingerprint(sources: list[TensorSource]) -> str:
+    """sha256 of the inputs' names, shapes, dtypes and chunking (no data read)."""
+    import hashlib
+    import json
+
+    desc = [[s.meta.name, list(s.meta.shape), s.logical_dtype, list(s.chunks or ())] for s in sources]
+    return hashlib.sha256(json.dumps(desc).encode()).hexdigest()
+
+
+def stored_nbytes(src: TensorSource) -> int:
+    return math.prod(src.meta.shape) * src.stored_itemsize

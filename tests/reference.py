@@ -1,0 +1,215 @@
+"""Naive in-memory numpy implementation of the seed semantics (SEED_SEMANTICS.md).
+
+Written from the spec, deliberately unlike the engine: whole tensors, sorting
+(stable argsort) instead of histograms, Python-int LCG, ``np.cumsum`` for the
+sequential float32 sums. Nothing here imports streamcompress.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+F32 = np.float32
+
+
+class RefError(Exception):
+    def __init__(self, kind, *args):
+        super().__init__(kind, *args)
+        self.kind = kind
+
+
+def lcg_values(state: int, count: int) -> np.ndarray:
+    out = np.empty(count, dtype=np.float32)
+    for i in range(count):
+        state = (state * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+        out[i] = F32(F32(state >> 32) / F32(4294967296.0))
+    return out
+
+
+def element_scores(flat: np.ndarray, metric: str, seed: int) -> np.ndarray:
+    if metric == "l1":
+        return np.abs(flat)
+    if metric in ("l2", "taylor"):
+        return (flat * flat).astype(np.float32)
+    return lcg_values(seed, flat.size)
+
+
+def f32_floor(a, b) -> int:
+    return int(math.floor(float(F32(F32(a) * F32(b)))))
+
+
+def ref_prune(x: np.ndarray, sparsity, metric="l1", granularity="unstructured",
+              min_nonzero=1, seed=0, name="t"):
+    """Returns (pruned, mask) or raises RefError(kind)."""
+    s = F32(sparsity)
+    if not (0.0 <= s < 1.0):
+        raise RefError("InvalidSparsity")
+    x = np.asarray(x, dtype=np.float32)
+    n = x.size
+    if n == 0:
+        raise RefError("EmptyTensor")
+    out = x.copy().reshape(-1)
+    mask = np.ones(n, dtype=np.float32)
+    if granularity == "unstructured":
+        scores = element_scores(out, metric, seed)
+        k = f32_floor(sparsity, n)
+        if min_nonzero > n:
+            raise RefError("BelowMinNonzero")
+        k = min(k, max(n - min_nonzero, 0))
+        if k == 0:
+            return out.reshape(x.shape), mask.reshape(x.shape)
+        order = np.argsort(scores, kind="stable")
+        out[order[:k]] = 0.0
+        mask[order[:k]] = 0.0
+        return out.reshape(x.shape), mask.reshape(x.shape)
+    if x.ndim != 2:
+        raise RefError("NotTwoDimensional")
+    rows, cols = x.shape
+    by_rows = granularity == "rows"
+    units, unit_size = (rows, cols) if by_rows else (cols, rows)
+    mat = x if by_rows else x.T
+    if metric == "random":
+        scores = np.array([lcg_values((seed + u) % (1 << 64), 1)[0] for u in range(units)],
+                          dtype=np.float32)
+    elif metric == "l1":
+        scores = np.cumsum(np.abs(mat), axis=1, dtype=np.float32)[:, -1]
+    else:
+        scores = np.sqrt(np.cumsum((mat * mat).astype(np.float32), axis=1, dtype=np.float32)[:, -1])
+    k = f32_floor(sparsity, units)
+    if min_nonzero > n:
+        raise RefError("BelowMinNonzero")
+    k = min(k, max(units - math.ceil(min_nonzero / unit_size), 0))
+    out = out.reshape(rows, cols)
+    mask = mask.reshape(rows, cols)
+    if k:
+        chosen = np.argsort(scores, kind="stable")[:k]
+        if by_rows:
+            out[chosen, :] = 0.0
+            mask[chosen, :] = 0.0
+        else:
+            out[:, chosen] = 0.0
+            mask[:, chosen] = 0.0
+    return out, mask
+
+
+def round_half_away(t: np.ndarray) -> np.ndarray:
+    t = t.astype(np.float64)
+    return np.where(t < 0, -np.floor(-t + 0.5), np.floor(t + 0.5))
+
+
+def ref_quantize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.size == 0:
+        return x.copy()
+    m = F32(np.max(np.abs(x)))
+    if m == 0:
+        return x.copy()
+    scale = F32(m / F32(127.0))
+    q = np.clip(round_half_away((x / scale).astype(np.float32)), -127, 127).astype(np.int8)
+    return (q.astype(np.float32) * scale).astype(np.float32)
+
+
+def ref_clip(x: np.ndarray, p) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = x.size
+    if n == 0:
+        return x.copy()
+    srt = np.sort(np.abs(x).reshape(-1))
+    idx = min(max(math.ceil(float(F32(F32(p) * F32(n)))) - 1, 0), n - 1)
+    thr = srt[idx]
+    out = x.copy()
+    out[np.abs(out) <= thr] = 0.0
+    return out
+
+
+def is_embedding(name: str) -> bool:
+    low = name.lower()
+    return low.startswith("embed") or low.startswith("token")
+
+
+def ref_compress(tensors, stages, skip_embedding=False):
+    """tensors: list of (name, array); stages: list of tuples
+    ("prune", kwargs) / ("quantize_int8",) / ("clip", p).
+
+    Returns (outputs list, stage stats list of dicts) or raises RefError,
+    following the seed's loop: stage-major, tensors in order.
+    """
+    if not tensors:
+        raise RefError("EmptyModel")
+    if not stages:
+        raise RefError("EmptyPipeline")
+    for st in stages:
+        if st[0] == "clip" and not (0.0 < F32(st[1]) <= 1.0):
+            raise RefError("InvalidPercentile")
+    work = [(n, np.asarray(a, dtype=np.float32).copy()) for n, a in tensors]
+    all_stats = []
+    for st in stages:
+        d = dict(stage_name=st[0], tensors_processed=0, tensors_skipped=0, params_before=0,
+                 nonzero_params_after=0, memory_before_bytes=0, memory_after_bytes=0)
+        for i, (name, arr) in enumerate(work):
+            tb = 4 * arr.size
+            d["params_before"] += arr.size
+            d["memory_before_bytes"] += tb
+            if skip_embedding and is_embedding(name):
+                d["tensors_skipped"] += 1
+                d["nonzero_params_after"] += int(np.count_nonzero(arr))
+                d["memory_after_bytes"] += tb
+                continue
+            d["tensors_processed"] += 1
+            if st[0] == "prune":
+                arr, _ = ref_prune(arr, name=name, **st[1])
+                d["memory_after_bytes"] += tb
+            elif st[0] == "quantize_int8":
+                arr = ref_quantize(arr)
+                d["memory_after_bytes"] += int(math.floor(float(F32(F32(tb) * F32(0.25))) + 0.5))
+            else:
+                arr = ref_clip(arr, st[1])
+                d["memory_after_bytes"] += tb
+            d["nonzero_params_after"] += int(np.count_nonzero(arr))
+            work[i] = (name, arr)
+        all_stats.append(d)
+    return work, all_stats
+
+
+def ref_ratio(a: int, b: int) -> float:
+    return float(F32(F32(a) / F32(b)))
+
+
+def ref_summary(work, stats) -> str:
+    """The summary text as SEED_SEMANTICS.md prints it."""
+    def sp(params, nonzero):
+        return 0.0 if params == 0 else ref_ratio(max(params - nonzero, 0), params)
+
+    def ratio(before, after):
+        return 1.0 if after == 0 else ref_ratio(before, after)
+
+    lines = [f"=== Compression Summary ({len(stats)} stage(s)) ==="]
+    for i, s in enumerate(stats):
+        lines.append(
+            "  Stage %d: [%s] processed=%d skipped=%d sparsity=%.4f ratio=%.3fx memory=%dB->%dB"
+            % (i + 1, s["stage_name"], s["tensors_processed"], s["tensors_skipped"],
+               sp(s["params_before"], s["nonzero_params_after"]),
+               ratio(s["memory_before_bytes"], s["memory_after_bytes"]),
+               s["memory_before_bytes"], s["memory_after_bytes"]))
+    total = sum(a.size for _, a in work)
+    nz = sum(int(np.count_nonzero(a)) for _, a in work)
+    before = stats[0]["memory_before_bytes"]
+    after = stats[-1]["memory_after_bytes"]
+    lines.append(
+        "  Overall: tensors=%d total_params=%d nonzero=%d sparsity=%.4f compression_ratio=%.3fx "
+        "memory=%dB->%dB" % (len(work), total, nz, sp(total, nz), ratio(before, after), before, after))
+    return "\n".join(lines)
+
+
+def ref_estimate(tensors, stages, skip_embedding=False) -> int:
+    if not tensors or not stages:
+        return 0
+    total = sum(4 * np.asarray(a).size for _, a in tensors)
+    emb = sum(4 * np.asarray(a).size for n, a in tensors if skip_embedding and is_embedding(n))
+    size = float(total - emb)
+    for st in stages:
+        if st[0] == "quantize_int8":
+            size *= 0.25
+    return emb + int(math.floor(size + 0.5))

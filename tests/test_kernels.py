@@ -1,0 +1,156 @@
+"""Every kernel against a slow, obviously correct numpy reference."""
+
+import numpy as np
+import pytest
+
+from reference import element_scores, lcg_values, round_half_away
+from streamcompress import kernels as K
+
+
+def data(rng, n, ties=False):
+    if ties:
+        return rng.integers(-4, 5, n).astype(np.float32)
+    return rng.standard_normal(n).astype(np.float32) * np.float32(3)
+
+
+@pytest.mark.parametrize("n", [1, 5, 4096, 70001])
+def test_hist16_coarse_and_fine(rng, n):
+    x = data(rng, n)
+    keys = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    coarse = K.hist16(x.view(np.uint32))
+    assert (coarse == np.bincount(keys >> 16, minlength=1 << 16)).all()
+    hi = int(keys[0] >> 16)
+    fine = K.hist16(x.view(np.uint32), hi)
+    sel = keys[(keys >> 16) == hi] & 0xFFFF
+    assert (fine == np.bincount(sel, minlength=1 << 16)).all()
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_two_pass_selection_finds_exact_kth(rng, ties):
+    x = data(rng, 50000, ties)
+    keys = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    srt = np.sort(keys)
+    for k in [1, 2, 777, 25000, 50000]:
+        hi, below = K.locate_kth(K.hist16(x.view(np.uint32)), k)
+        lo, below2 = K.locate_kth(K.hist16(x.view(np.uint32), hi), k - below)
+        assert (hi << 16 | lo) == srt[k - 1]
+        assert below + below2 == int((keys < srt[k - 1]).sum())
+
+
+def test_locate_kth_rejects_out_of_range():
+    with pytest.raises(ValueError):
+        K.locate_kth(np.array([1, 1]), 3)
+
+
+@pytest.mark.parametrize("ties_left", [-3, 0, 1, 5, 10**9])
+def test_prune_threshold_tie_rule(rng, ties_left):
+    x = data(rng, 200000, ties=True)
+    keys = x.view(np.uint32).copy()
+    thr = np.float32(2.0).view(np.uint32)
+    is_tie = (keys & 0x7FFFFFFF) == thr
+    rank = np.cumsum(is_tie) - 1
+    cut = ((keys & 0x7FFFFFFF) < thr) | (is_tie & (rank < ties_left))
+    expect = np.where(cut, np.float32(0), x)
+    y = x.copy()
+    mask = np.full(x.size, 7, np.uint8)
+    ties = K.prune_threshold(y, y.view(np.uint32), np.uint32(thr), ties_left, mask, True)
+    assert ties == is_tie.sum()
+    assert (y.view(np.uint32) == expect.view(np.uint32)).all()
+    assert (mask == (~cut).astype(np.uint8)).all()
+
+
+def test_quantize_matches_reference_bit_exactly(rng):
+    x = data(rng, 100003)
+    x[:5] = [0.0, -0.0, 1e-9, -1e-9, 3.0]
+    scale = np.float32(np.float32(np.abs(x).max()) / np.float32(127))
+    q = np.clip(round_half_away((x / scale).astype(np.float32)), -127, 127).astype(np.int8)
+    expect = (q.astype(np.float32) * scale).astype(np.float32)
+    y = x.copy()
+    K.quantize_int8_sim(y, scale)
+    assert (y.view(np.uint32) == expect.view(np.uint32)).all()  # also +0.0, never -0.0
+
+
+def test_round_half_away_at_exact_halves():
+    scale = np.float32(1.0)
+    x = np.array([0.5, 1.5, 2.5, -0.5, -2.5, 0.49999997], dtype=np.float32)
+    K.quantize_int8_sim(x, scale)
+    assert x.tolist() == [1.0, 2.0, 3.0, -1.0, -3.0, 0.0]
+
+
+def test_absmax_count_and_nonfinite(rng):
+    x = data(rng, 99999)
+    assert K.absmax(x) == np.abs(x).max()
+    assert K.count_nonzero(x) == np.count_nonzero(x)
+    x[[3, 50000]] = [np.nan, -np.inf]
+    assert K.count_nonfinite(x) == 2
+    assert K.absmax(x) == np.abs(x[~np.isnan(x)]).max()  # f32::max fold: NaN ignored, inf kept
+    K.zero_nonfinite(x)
+    assert np.isfinite(x).all() and x[3] == 0 and x[50000] == 0
+
+
+def test_clip_le(rng):
+    x = data(rng, 10000, ties=True)
+    thr = np.float32(1.0).view(np.uint32)
+    y = x.copy()
+    K.clip_le(y, y.view(np.uint32), np.uint32(thr))
+    assert (y == np.where(np.abs(x) <= 1.0, 0, x)).all()
+
+
+@pytest.mark.parametrize("seed", [0, 42, 2**64 - 1])
+def test_random_scores_match_sequential_lcg(seed):
+    ref = lcg_values(seed, 3000)
+    assert (K.random_scores(0, 3000, seed) == ref).all()
+    assert (K.random_scores(1234, 1766, seed) == ref[1234:]).all()
+    assert (K.random_unit_scores(5, seed) == [lcg_values((seed + u) % 2**64, 1)[0] for u in range(5)]).all()
+
+
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("split", [1, 7, 333, 1000])
+def test_structured_scores_sequential_f32(rng, squared, split):
+    """Blocks cutting rows anywhere give the sequential float32 sums."""
+    x = data(rng, 37 * 29).reshape(37, 29)
+    v = (x * x).astype(np.float32) if squared else np.abs(x)
+    rows_ref = np.cumsum(v, axis=1, dtype=np.float32)[:, -1]
+    cols_ref = np.cumsum(v, axis=0, dtype=np.float32)[-1, :]
+    flat = x.reshape(-1)
+    racc = np.zeros(37, np.float32)
+    cacc = np.zeros(29, np.float32)
+    for s in range(0, flat.size, split):
+        blk = flat[s:s + split].copy()
+        K.accumulate_row_scores(blk, s, 29, racc, squared)
+        K.accumulate_col_scores(blk, s, 29, cacc, squared)
+    assert (racc == rows_ref).all()
+    assert (cacc == cols_ref).all()
+
+
+def test_apply_unit_mask(rng):
+    x = data(rng, 6 * 4)
+    pr = np.array([0, 1, 0, 1], np.uint8)
+    y = x.copy()
+    m = np.zeros(24, np.uint8)
+    K.apply_unit_mask(y, 0, 4, pr, False, m, True)
+    expect = x.reshape(6, 4).copy()
+    expect[:, [1, 3]] = 0
+    assert (y == expect.reshape(-1)).all()
+    assert (m == (expect.reshape(-1) != 0) | (x == 0) & (np.tile(pr, 6) == 0)).all()
+
+
+def test_diff_stats(rng):
+    a = data(rng, 70000)
+    b = a.copy()
+    b[::3] = 0
+    nz, sse, mx, sig = K.diff_stats(a, b)
+    d = b.astype(np.float64) - a
+    assert nz == np.count_nonzero(b)
+    assert sse == pytest.approx((d * d).sum(), rel=1e-12)
+    assert mx == np.abs(d).max()
+    assert sig == pytest.approx((a.astype(np.float64) ** 2).sum(), rel=1e-12)
+
+
+def test_scores_reference_consistency(rng):
+    x = data(rng, 100)
+    assert (K.square(x) == element_scores(x, "l2", 0)).all()
+
+
+def test_threading_layer_is_threadsafe():
+    assert K.check_threading_layer() in ("omp", "tbb")

@@ -177,7 +177,10 @@ class _Progress:
 
 
 def load_sources(tensors: Any) -> list[TensorSource]:
-    """Sources from a Zarr store path, an open zarr Group, or in-memory arrays."""
+    """Sources from a Zarr store path, an open zarr Group, in-memory arrays, or
+    already-made sources (passed through)."""
+    if isinstance(tensors, list) and tensors and all(isinstance(t, TensorSource) for t in tensors):
+        return tensors
     if isinstance(tensors, (str, os.PathLike)):
         return open_input(tensors)[1]
     if hasattr(tensors, "members") and hasattr(tensors, "attrs"):

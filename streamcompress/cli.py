@@ -1,0 +1,225 @@
+"""Command line: ``streamcompress compress | estimate | info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .config import CompressionConfig, load_config
+from .errors import ConfigError, StreamCompressError
+from .stages import Clip, Granularity, Metric, Prune, PruningConfig, QuantizeInt8
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("streamcompress")
+
+
+class _StageAction(argparse.Action):
+    """Appends ``(kind, value)`` to ``namespace.stages`` in command-line order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        stages = list(getattr(namespace, "stages", None) or [])
+        stages.append((self.const, values))
+        namespace.stages = stages
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: '{text}'") from None
+
+
+def _add_stage_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("stages (applied in the order given)")
+    g.add_argument("--prune", metavar="S", type=_fraction, action=_StageAction, const="prune",
+                   dest="stages", help="prune to sparsity S in [0, 1)")
+    g.add_argument("--quantize", choices=["int8"], action=_StageAction, const="quantize",
+                   dest="stages", help="simulated per-tensor int8 (the seed's QuantizeInt8)")
+    g.add_argument("--clip", metavar="P", type=_fraction, action=_StageAction, const="clip",
+                   dest="stages", help="zero |w| at or below the P-th fraction of |w|, P in (0, 1]")
+    g.add_argument("--metric", choices=[m.value for m in Metric], default="l1",
+                   help="importance metric of --prune (default l1)")
+    g.add_argument("--granularity", choices=[m.value for m in Granularity], default="unstructured",
+                   help="granularity of --prune (default unstructured)")
+    g.add_argument("--min-nonzero", type=int, default=1, help="elements --prune always keeps (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="seed of --metric random (default 0)")
+    g.add_argument("--skip-embeddings", action="store_true",
+                   help="leave tensors whose name starts with 'embed' or 'token' unchanged")
+    g.add_argument("--config", metavar="FILE", help="JSON or TOML pipeline (instead of stage flags)")
+
+
+def _pipeline(args: argparse.Namespace) -> CompressionConfig:
+    flags = getattr(args, "stages", None) or []
+    if args.config:
+        if flags:
+            raise ConfigError("give stages either as flags or with --config, not both")
+        cfg = load_config(args.config)
+        if args.skip_embeddings and not cfg.skip_embedding_layers:
+            cfg = CompressionConfig(cfg.stages, True)
+        return cfg
+    stages = []
+    for kind, value in flags:
+        if kind == "prune":
+            stages.append(Prune(PruningConfig(value, args.metric, args.granularity,
+                                              args.min_nonzero, args.seed)))
+        elif kind == "quantize":
+            stages.append(QuantizeInt8())
+        else:
+            stages.append(Clip(value))
+    return CompressionConfig(tuple(stages), args.skip_embeddings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="streamcompress",
+        description="Out-of-core compression of model checkpoints stored as Zarr v3 groups.",
+    )
+    p.add_argument("--version", action="version", version=f"streamcompress {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compress", help="compress a Zarr checkpoint into a new Zarr group",
+                       description="Stream IN through the stages and write OUT.")
+    c.add_argument("input", metavar="IN", help="input Zarr v3 group")
+    c.add_argument("output", metavar="OUT", help="output Zarr v3 group (must not exist)")
+    _add_stage_flags(c)
+    c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--memory-budget", default="256MiB", metavar="SIZE",
+                   help="working memory to aim for, e.g. 256MiB, 2GiB (default 256MiB)")
+    c.add_argument("--nonfinite", choices=["error", "zero"], default="error",
+                   help="NaN/inf in a processed tensor: error (default) or read as 0")
+    c.add_argument("--codec", choices=["zstd", "none"], default="zstd", help="output codec (default zstd)")
+    c.add_argument("--save-masks", action="store_true", help="also write prune masks (__masks__/NAME)")
+    c.add_argument("--report", metavar="FILE", help="write the JSON report to FILE")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("estimate", help="estimate the compressed size from metadata only")
+    e.add_argument("input", metavar="IN", help="input Zarr v3 group")
+    _add_stage_flags(e)
+    e.add_argument("--json", action="store_true", help="print JSON")
+
+    i = sub.add_parser("info", help="list the tensors of a store")
+    i.add_argument("store", metavar="STORE", help="a Zarr v3 group")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .engine import EngineOptions, compress_model
+
+    cfg = _pipeline(args)
+    cfg.validate()
+    try:
+        budget = EngineOptions(memory_budget=args.memory_budget).memory_budget
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    progress = not args.quiet and sys.stderr.isatty()
+    opts = EngineOptions(memory_budget=budget, nonfinite=args.nonfinite, save_masks=args.save_masks,
+                         codec=args.codec, progress=progress)
+    result = compress_model(args.input, cfg, output=args.output, overwrite=args.overwrite, options=opts)
+    print(result.summary())
+    print("Error statistics (each stage against its input):")
+    print(result.error_summary())
+    if args.report:
+        Path(args.report).write_text(json.dumps(
+            {"input": args.input, "output": args.output, "pipeline": cfg.to_dict(), **result.to_dict()},
+            indent=2, default=_json_default))
+        print(f"report written to {args.report}")
+    return 0
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    raise TypeError(f"not JSON serialisable: {o!r}")
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from .engine import estimate_compressed_size, load_sources
+
+    cfg = _pipeline(args)
+    sources = load_sources(args.input)
+    before = sum(4 * s.meta.size for s in sources)
+    after = estimate_compressed_size(sources, cfg)
+    if args.json:
+        print(json.dumps({"tensors": len(sources), "bytes_before": before, "bytes_after": after}))
+    else:
+        ratio = before / after if after else 1.0
+        print(f"tensors={len(sources)} float32 bytes={before} ({_fmt_bytes(before)}) "
+              f"estimated after={after} ({_fmt_bytes(after)}) ratio={ratio:.3f}x")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .store import open_input
+
+    group, sources = open_input(args.store)
+    rows = []
+    for s in sources:
+        arr = s.array
+        try:
+            stored = int(arr.nbytes_stored())
+        except Exception:  # noqa: BLE001 - size is informative only
+            stored = -1
+        rows.append({"name": s.meta.name, "shape": list(s.meta.shape), "dtype": s.logical_dtype,
+                     "chunks": list(s.chunks or ()), "params": s.meta.size, "stored_bytes": stored,
+                     "complete": bool(s.attrs.get("streamcompress", {}).get("complete", False))})
+    meta = group.attrs.get("streamcompress")
+    if args.json:
+        print(json.dumps({"tensors": rows, "streamcompress": meta}, indent=2))
+        return 0
+    width = max([len(r["name"]) for r in rows] + [4])
+    print(f"{'name':<{width}}  {'shape':<18} {'dtype':<9} {'chunks':<16} {'stored':>11}")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {str(tuple(r['shape'])):<18} {r['dtype']:<9} "
+              f"{str(tuple(r['chunks'])):<16} {_fmt_bytes(r['stored_bytes']):>11}")
+    total = sum(r["params"] for r in rows)
+    stored = sum(max(r["stored_bytes"], 0) for r in rows)
+    print(f"{len(rows)} tensors, {total} parameters, {_fmt_bytes(stored)} stored")
+    if meta and "result" in meta:
+        res = meta["result"]
+        print(f"compressed by streamcompress: sparsity={res['overall_sparsity']:.4f} "
+              f"ratio={res['total_compression_ratio']:.3f}x")
+    return 0
+
+
+_COMMANDS = {"compress": _cmd_compress, "estimate": _cmd_estimate, "info": _cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _COMMANDS[args.command](args)
+    except StreamCompressError as e:
+        print(f"streamcompress: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("streamcompress: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"streamcompress: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

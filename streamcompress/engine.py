@@ -40,10 +40,10 @@ __all__ = ["EngineOptions", "compress_model", "estimate_compressed_size", "load_
 
 log = logging.getLogger("streamcompress")
 
-#: Bytes of float32 working memory per block element, for sizing blocks:
+#: Measured bytes of peak RSS per block element (scripts/peak_memory.py), for sizing blocks:
 #: read-ahead block, working block, per-stage copy, score keys, write-behind
 #: block, raw read buffer and zarr's decoded chunks.
-_BYTES_PER_ELEMENT = 4 * 8
+_BYTES_PER_ELEMENT = 64
 
 
 def parse_size(text: str | int) -> int:

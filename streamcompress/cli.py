@@ -124,12 +124,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
     cfg = _pipeline(args)
     cfg.validate()
-    try:
-        budget = EngineOptions(memory_budget=args.memory_budget).memory_budget
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     progress = not args.quiet and sys.stderr.isatty()
-    opts = EngineOptions(memory_budget=budget, nonfinite=args.nonfinite, save_masks=args.save_masks,
+    opts = EngineOptions(memory_budget=args.memory_budget, nonfinite=args.nonfinite, save_masks=args.save_masks,
                          codec=args.codec, progress=progress)
     result = compress_model(args.input, cfg, output=args.output, overwrite=args.overwrite, options=opts)
     print(result.summary())

@@ -20,12 +20,13 @@ import numpy as np
 
 from . import kernels as K
 from .config import CompressionConfig
-from .errors import EmptyModel, InvalidStore, UnsupportedDtype
+from .errors import ConfigError, EmptyModel, InvalidStore, UnsupportedDtype
 from .layout import Block, TensorMeta, output_chunks, plan_blocks
-from .pipeline import TensorPipeline, skipped_stats
+from .pipeline import NONFINITE_POLICIES, TensorPipeline, skipped_stats
 from .result import CompressionResult, WeightTensor
 from .stats import StageStats
 from .store import (
+    CODECS,
     TENSOR_ORDER_ATTR,
     MemorySink,
     TensorSource,
@@ -62,7 +63,7 @@ def parse_size(text: str | int) -> int:
     num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
     unit = s[len(num):]
     if unit not in units or not num:
-        raise ValueError(f"cannot read size '{text}' (e.g. 256MB, 1GiB)")
+        raise ConfigError(f"cannot read size '{text}' (e.g. 256MB, 1GiB)")
     return int(float(num) * units[unit])
 
 
@@ -93,7 +94,12 @@ class EngineOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "memory_budget", parse_size(self.memory_budget))
         if self.memory_budget < 1 << 20:
-            raise ValueError("memory_budget must be at least 1 MiB")
+            raise ConfigError("memory_budget must be at least 1 MiB")
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"unknown nonfinite policy '{self.nonfinite}' "
+                              f"(choose from {', '.join(NONFINITE_POLICIES)})")
+        if self.codec not in CODECS:
+            raise ConfigError(f"unknown codec '{self.codec}' (choose from {', '.join(CODECS)})")
 
     @property
     def max_block_elems(self) -> int:
@@ -201,8 +207,8 @@ def _versions() -> dict[str, str]:
             "zarr": zarr.__version__, "python": platform.python_version()}
 
 
-def _nonzero_raw(src: TensorSource, blocks: list[Block], io: _IO, progress: _Progress,
-                 sink, name: str, raw_dtype) -> int:
+def _copy_skipped(src: TensorSource, blocks: list[Block], io: _IO, progress: _Progress,
+                  sink, name: str) -> int:
     """Copy a skipped tensor unchanged; return its non-zero count."""
     nz = 0
     for b in blocks:
@@ -284,7 +290,7 @@ def compress_model(
             chunks = output_chunks(src.meta.shape, blocks, src.chunks)
             if pipe is None:
                 sink.begin_tensor(src, chunks, src.raw_dtype, False)
-                nz = _nonzero_raw(src, blocks, io, progress, sink, name, src.raw_dtype)
+                nz = _copy_skipped(src, blocks, io, progress, sink, name)
                 io.flush()
                 stats, infos = skipped_stats(stages, src.meta, nz), [{} for _ in stages]
             else:

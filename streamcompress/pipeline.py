@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from . import kernels as K
-from .errors import ConfigError, NonFiniteError
+from .errors import NonFiniteError
 from .layout import Block, TensorMeta
 from .stages import Prune, Stage
 from .stats import StageStats
@@ -50,7 +50,7 @@ class TensorPipeline:
     ----------
     stages : the pipeline's stages, in order
     meta : the tensor's name and shape
-    nonfinite : ``"error"`` (default) or ``"zero"`` (NaN/inf read as 0)
+    nonfinite : ``"error"`` (default) or ``"zero"`` (NaN/inf read as 0); validated by ``EngineOptions``
     want_mask : also produce the prune mask (1 kept, 0 pruned by any prune stage)
     """
 
@@ -61,10 +61,6 @@ class TensorPipeline:
         nonfinite: str = "error",
         want_mask: bool = False,
     ) -> None:
-        if nonfinite not in NONFINITE_POLICIES:
-            raise ConfigError(
-                f"unknown nonfinite policy '{nonfinite}' (choose from {', '.join(NONFINITE_POLICIES)})"
-            )
         self.stages = stages
         self.meta = meta
         self.nonfinite = nonfinite

@@ -29,7 +29,11 @@ __all__ = [
     "ZarrSink",
     "LOGICAL_DTYPE_ATTR",
     "TENSOR_ORDER_ATTR",
+    "CODECS",
 ]
+
+#: Output codecs of a store.
+CODECS = ("zstd", "none")
 
 #: Array attribute naming the real dtype of raw-bit storage (``bfloat16``, ``float16``).
 LOGICAL_DTYPE_ATTR = "logical_dtype"
@@ -229,8 +233,6 @@ class ZarrSink:
         p = Path(path)
         if p.exists() and not overwrite:
             raise OutputExists(str(path))
-        if codec not in ("zstd", "none"):
-            raise InvalidStore(f"unknown codec '{codec}' (choose zstd or none)")
         self.path = p
         self.codec = codec
         try:

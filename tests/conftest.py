@@ -1,12 +1,20 @@
 import sys
 from pathlib import Path
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import streamcompress as sc  # noqa: E402
+
+# CI must be reproducible: the same examples every run (locally, random search).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def to_stage(st):

@@ -245,3 +245,30 @@ def test_config_helpers_and_round_trip(tmp_path):
         sc.PruningConfig("half")
     with pytest.raises(sc.ConfigError):
         sc.CompressionConfig.from_dict({"stages": [{"name": "bogus"}]})
+
+
+def ref_stage_errors(tensors, stages):
+    """Per-stage (sum sq err, max abs err, sum sq signal, count), stage by stage with the reference."""
+    out = []
+    work = [(n, np.asarray(a, np.float32)) for n, a in tensors]
+    for st in stages:
+        new, _ = ref_compress(work, [st])
+        d = [(b.astype(np.float64) - a.astype(np.float64)) for (_, a), (_, b) in zip(work, new)]
+        out.append((sum(float((x * x).sum()) for x in d), max(float(np.abs(x).max()) for x in d),
+                    sum(float((a.astype(np.float64) ** 2).sum()) for _, a in work),
+                    sum(a.size for _, a in work)))
+        work = new
+    return out
+
+
+@pytest.mark.parametrize("stages", PIPELINES[:3])
+def test_error_statistics_match_reference(rng, stages):
+    tensors = [("a", heavy_tailed(rng, (20, 9))), ("b", heavy_tailed(rng, (7, 30)))]
+    r = run(tensors, stages, block_elems=13)
+    for s, (sse, mx, sig, cnt) in zip(r.stage_stats, ref_stage_errors(tensors, stages)):
+        assert s.n_compared == cnt
+        assert s.sum_sq_err == pytest.approx(sse, rel=1e-9)
+        assert s.max_abs_err == mx
+        assert s.sum_sq_signal == pytest.approx(sig, rel=1e-9)
+        assert s.mse() == pytest.approx(sse / cnt, rel=1e-9)
+        assert s.sqnr_db() == pytest.approx(10 * np.log10(sig / sse), rel=1e-9)

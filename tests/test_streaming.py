@@ -194,3 +194,34 @@ def test_property_chunked_equals_in_memory(tmp_path_factory, spec, stages, block
     assert chunked.summary() == whole.summary()
     work, stats = ref_compress(tensors, stages)
     assert [seed_fields(s) for s in whole.stage_stats] == stats
+
+
+def test_progress_bar_counts_bytes_of_every_sweep(tmp_path, rng, capsys):
+    tensors = [("w", heavy_tailed(rng, (64, 32)))]
+    src = write_store(tmp_path / "in.zarr", tensors, (8, 32))
+    cfg = sc.CompressionConfig.prune_then_quantize(0.5)  # 2 + 1 stat sweeps + 1 apply sweep
+    sc.compress_store(src, tmp_path / "out.zarr", cfg,
+                      options=sc.EngineOptions(progress=True, block_elems=256))
+    err = capsys.readouterr().err
+    assert "compress" in err and "32.0k/32.0k" in err  # 4 sweeps * 8 KiB
+
+
+def test_make_checkpoint_script(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from make_checkpoint import write_checkpoint
+
+    names = write_checkpoint(tmp_path / "m.zarr", 2_000_000, "bfloat16", chunk_bytes=64 << 10)
+    g = zarr.open_group(str(tmp_path / "m.zarr"), mode="r")
+    assert names[0] == "model.embed_tokens.weight" and names[-1] == "lm_head.weight"
+    assert "model.layers.0.self_attn.q_proj.weight" in names
+    q = g["model.layers.0.self_attn.q_proj.weight"]
+    assert q.dtype == np.uint16 and q.attrs["logical_dtype"] == "bfloat16"
+    vals = q[...].astype(np.uint32) << 16
+    x = vals.view(np.float32)
+    kurt = float(((x - x.mean()) ** 4).mean() / x.var() ** 2)
+    assert kurt > 4  # heavy-tailed (a Gaussian has 3)
+    r = sc.compress_store(tmp_path / "m.zarr", tmp_path / "o.zarr", sc.CompressionConfig.prune_then_quantize(0.5))
+    assert r.tensor_names == names

@@ -11,8 +11,8 @@ import numpy as np
 from .. import kernels as K
 from ..errors import ConfigError, InvalidPercentile
 from ..layout import Block, TensorMeta
+from ._parse import parse_real
 from .base import IdentityRunner, KthSelector, Stage, StageRunner
-from .prune import parse_real
 
 __all__ = ["Clip"]
 

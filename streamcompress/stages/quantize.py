@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .. import kernels as K
+from ..errors import ConfigError
 from ..layout import Block, TensorMeta
 from .base import Stage, StageRunner
 
@@ -38,6 +39,8 @@ class QuantizeInt8(Stage):
 
     @classmethod
     def from_configuration(cls, conf: dict[str, Any]) -> QuantizeInt8:
+        if conf:
+            raise ConfigError(f"quantize_int8 takes no options, got {', '.join(sorted(conf))}")
         return cls()
 
 

@@ -9,6 +9,7 @@ flight), shows progress and folds statistics.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +28,8 @@ from .result import CompressionResult, WeightTensor
 from .stats import StageStats
 from .store import (
     CODECS,
+    LOGICAL_DTYPE_ATTR,
+    MASK_GROUP,
     TENSOR_ORDER_ATTR,
     MemorySink,
     TensorSource,
@@ -207,17 +210,37 @@ def _versions() -> dict[str, str]:
             "zarr": zarr.__version__, "python": platform.python_version()}
 
 
-def _copy_skipped(src: TensorSource, blocks: list[Block], io: _IO, progress: _Progress,
-                  sink, name: str) -> int:
+def _copy_skipped(src: TensorSource, blocks: list[Block], io: _IO, progress: _Progress, sink,
+                  name: str) -> int:
     """Copy a skipped tensor unchanged; return its non-zero count."""
     nz = 0
     for b in blocks:
-        raw = src.read_raw(b)
+        raw = np.ascontiguousarray(src.read_raw(b))
         progress.update(raw.nbytes)
         x = src.read(b) if src.is_float else raw.reshape(-1)
         nz += int(K.count_nonzero(x)) if x.dtype == np.float32 else int(np.count_nonzero(x))
-        io.write(sink.write, name, b, np.ascontiguousarray(raw).reshape(-1), None)
+        io.write(sink.write, name, b.region, raw.reshape(b.shape))
     return nz
+
+
+def _plan(src: TensorSource, stages, skipped: bool, options: EngineOptions) -> list[Block]:
+    multiple = 1
+    if not skipped:
+        for s in stages:
+            multiple = math.lcm(multiple, s.block_multiple(src.meta))
+    return plan_blocks(src.meta.shape, options.max_block_elems, src.chunks, multiple)
+
+
+def _check_names(sources, pipelines) -> None:
+    seen: dict[str, str] = {}
+    for src, pipe in zip(sources, pipelines):
+        suffixes = [sp.suffix for sp in pipe.encoding.specs(())] if pipe is not None else [""]
+        for suf in suffixes:
+            full = src.meta.name + suf
+            if full in seen:
+                raise InvalidStore(f"output array '{full}' of tensor '{src.meta.name}' collides with "
+                                   f"tensor '{seen[full]}'")
+            seen[full] = src.meta.name
 
 
 def compress_model(
@@ -236,7 +259,7 @@ def compress_model(
         ``name -> array``, ``(name, array)`` pairs, or ``WeightTensor`` objects.
     config : the pipeline.
     output : path of a new Zarr group to write; ``None`` keeps results in
-        memory (``result.compressed_tensors``).
+        memory (``result.compressed_tensors``, ``result.arrays``).
     overwrite : replace an existing ``output``.
     options : engine options (memory budget, NaN policy, progress, ...).
 
@@ -268,14 +291,13 @@ def compress_model(
     K.check_threading_layer()
 
     stages = config.stages
-    pipelines: list[TensorPipeline | None] = [None] * len(sources)
-    total = 0
-    for i, (src, sk) in enumerate(zip(sources, skip)):
-        sweeps = 1
-        if not sk:
-            pipelines[i] = TensorPipeline(stages, src.meta, options.nonfinite, options.save_masks)
-            sweeps = pipelines[i].n_sweeps
-        total += sweeps * stored_nbytes(src)
+    plans = [_plan(src, stages, sk, options) for src, sk in zip(sources, skip)]
+    pipelines: list[TensorPipeline | None] = [
+        None if sk else TensorPipeline(stages, src.meta, blocks, options.nonfinite, options.save_masks)
+        for src, sk, blocks in zip(sources, skip, plans)
+    ]
+    _check_names(sources, pipelines)
+    total = sum((p.n_sweeps if p else 1) * stored_nbytes(s) for s, p in zip(sources, pipelines))
 
     sink = MemorySink() if output is None else ZarrSink(output, overwrite=overwrite, codec=options.codec)
     totals = [StageStats.empty(s.name) for s in stages]
@@ -283,25 +305,31 @@ def compress_model(
     io = _IO(options.prefetch)
     progress = _Progress(options.progress, total)
     try:
-        for src, sk, pipe in zip(sources, skip, pipelines):
+        for src, sk, pipe, blocks in zip(sources, skip, pipelines, plans):
             name = src.meta.name
             progress.describe(name)
-            blocks = plan_blocks(src.meta.shape, options.max_block_elems, src.chunks)
             chunks = output_chunks(src.meta.shape, blocks, src.chunks)
             if pipe is None:
-                sink.begin_tensor(src, chunks, src.raw_dtype, False)
+                attrs = {k: v for k, v in src.attrs.items() if k == LOGICAL_DTYPE_ATTR}
+                sink.create(name, src.meta.shape, chunks, src.raw_dtype, attrs)
                 nz = _copy_skipped(src, blocks, io, progress, sink, name)
                 io.flush()
                 stats, infos = skipped_stats(stages, src.meta, nz), [{} for _ in stages]
             else:
-                sink.begin_tensor(src, chunks, np.float32, pipe.want_mask)
-                per_block = stored_nbytes(src) / max(src.meta.size, 1)
+                for spec in pipe.encoding.specs(chunks):
+                    attrs = dict(spec.attrs)
+                    if spec.suffix == "":
+                        attrs["source_dtype"] = src.logical_dtype
+                    sink.create(name + spec.suffix, spec.shape, spec.chunks, spec.dtype, attrs)
+                if pipe.want_mask:
+                    sink.create(f"{MASK_GROUP}/{name}", src.meta.shape, chunks, "uint8", {})
+                per_elem = stored_nbytes(src) / max(src.meta.size, 1)
 
-                def sweep(src=src, blocks=blocks, per_block=per_block):
-                    return io.blocks(src, blocks, lambda b: progress.update(int(b.size * per_block)))
+                def sweep(src=src, blocks=blocks, per_elem=per_elem):
+                    return io.blocks(src, blocks, lambda b: progress.update(int(b.size * per_elem)))
 
-                def write(block, x, mask, name=name):
-                    io.write(sink.write, name, block, x, mask)
+                def write(emissions, block, mask, name=name):
+                    io.write(_write_block, sink, name, emissions, block, mask)
 
                 stats, infos = pipe.run(sweep, write)
                 io.flush()
@@ -312,8 +340,11 @@ def compress_model(
                 "source_dtype": src.logical_dtype,
                 "stages": [{**s.to_dict(), **inf} for s, inf in zip(stats, infos)],
             }
+            if isinstance(sink, ZarrSink):
+                suffixes = [sp.suffix for sp in pipe.encoding.specs(chunks)] if pipe else [""]
+                info["stored_bytes"] = sum(sink.stored_bytes(name + suf) for suf in suffixes)
             tensor_stats[name] = info
-            sink.end_tensor(name, info)
+            sink.update_attrs(name, {"streamcompress": {**info, "complete": True}})
             log.debug("done %s", name)
     finally:
         progress.close()
@@ -327,6 +358,8 @@ def compress_model(
         total_nonzero=totals[-1].nonzero_params_after,
         tensor_stats=tensor_stats,
     )
+    if isinstance(sink, ZarrSink):
+        result.stored_bytes = sum(t["stored_bytes"] for t in tensor_stats.values())
     sink.finish({
         TENSOR_ORDER_ATTR: names,
         "streamcompress": {
@@ -342,12 +375,19 @@ def compress_model(
         },
     })
     if isinstance(sink, MemorySink):
+        result.arrays = sink.arrays
         for n in names:
-            out = sink.outputs[n]
-            result.compressed_tensors.append(WeightTensor(n, out.data))
-            if out.mask is not None:
-                result.masks[n] = out.mask
+            result.compressed_tensors.append(WeightTensor(n, sink.arrays[n]))
+            if f"{MASK_GROUP}/{n}" in sink.arrays:
+                result.masks[n] = sink.arrays[f"{MASK_GROUP}/{n}"]
     return result
+
+
+def _write_block(sink, name: str, emissions, block: Block, mask) -> None:
+    for suffix, region, data in emissions:
+        sink.write(name + suffix, region, data)
+    if mask is not None:
+        sink.write(f"{MASK_GROUP}/{name}", block.region, mask.reshape(block.shape))
 
 
 def estimate_compressed_size(tensors: Any, config: CompressionConfig) -> int:
@@ -365,13 +405,19 @@ def estimate_compressed_size(tensors: Any, config: CompressionConfig) -> int:
     metas: list[TensorMeta] = [s.meta for s in load_sources(tensors)]
     if not metas or not config.stages:
         return 0
-    total = sum(4 * m.size for m in metas)
     emb = 0
     if config.skip_embedding_layers:
         from .config import is_embedding_layer
 
         emb = sum(4 * m.size for m in metas if is_embedding_layer(m.name))
-    size = float(total - emb)
-    for s in config.stages:
-        size *= s.size_factor
+    from .config import is_embedding_layer as _emb
+
+    size = 0.0
+    for m in metas:
+        if config.skip_embedding_layers and _emb(m.name):
+            continue
+        t = float(4 * m.size)
+        for s in config.stages:
+            t = s.estimate(m, t)
+        size += t
     return emb + int(np.floor(size + 0.5))

@@ -56,18 +56,22 @@ def _split_axis(shape: tuple[int, ...], max_elems: int) -> int:
     return d
 
 
-def _step(shape: tuple[int, ...], d: int, max_elems: int, align: tuple[int, ...] | None) -> int:
+def _step(shape: tuple[int, ...], d: int, max_elems: int, align: tuple[int, ...] | None,
+          multiple: int) -> int:
     inner = math.prod(shape[d + 1 :])
     step = max(1, min(shape[d], max_elems // max(inner, 1)))
-    if align is not None and step < shape[d]:
-        c = align[d]
+    if step < shape[d]:
+        m = multiple if d == len(shape) - 1 else 1
+        c = math.lcm(align[d] if align is not None else 1, m)
         if step >= c:
             step = step // c * c
+        else:
+            step = max(m, step // m * m)
     return step
 
 
 def plan_blocks(
-    shape: tuple[int, ...], max_elems: int, align: tuple[int, ...] | None = None
+    shape: tuple[int, ...], max_elems: int, align: tuple[int, ...] | None = None, multiple: int = 1
 ) -> list[Block]:
     """Split ``shape`` into flat-contiguous blocks of at most ``max_elems`` elements.
 
@@ -75,7 +79,9 @@ def plan_blocks(
     axis whose trailing product fits), a range along ``d`` rounded down to a
     multiple of ``align[d]`` (the chunk shape) when at least one chunk fits,
     and single indices before ``d``. A single trailing row larger than the
-    budget is still one block (the budget is then exceeded by that row).
+    budget is still one block (the budget is then exceeded by that row). When
+    ``d`` is the last axis, block lengths are multiples of ``multiple`` (e.g.
+    a quantization group), so no group straddles two blocks.
 
     Examples
     --------
@@ -91,7 +97,7 @@ def plan_blocks(
         return []
     max_elems = max(1, int(max_elems))
     d = _split_axis(shape, max_elems)
-    step = _step(shape, d, max_elems, align)
+    step = _step(shape, d, max_elems, align, max(1, int(multiple)))
     inner = math.prod(shape[d + 1 :])
     tail = tuple(slice(0, s) for s in shape[d + 1 :])
     blocks: list[Block] = []

@@ -16,6 +16,7 @@ from . import kernels as K
 from .errors import NonFiniteError
 from .layout import Block, TensorMeta
 from .stages import Prune, Stage
+from .stages.base import Encoding, FloatEncoding
 from .stats import StageStats
 
 __all__ = ["NONFINITE_POLICIES", "TensorPipeline", "skipped_stats"]
@@ -24,7 +25,8 @@ __all__ = ["NONFINITE_POLICIES", "TensorPipeline", "skipped_stats"]
 NONFINITE_POLICIES = ("error", "zero")
 
 Sweep = Callable[[], Iterable[tuple[Block, np.ndarray]]]
-Writer = Callable[[Block, np.ndarray, "np.ndarray | None"], None]
+#: ``write(emissions, block, mask)`` with emissions ``[(suffix, region, data)]``.
+Writer = Callable[[list, Block, "np.ndarray | None"], None]
 
 
 def skipped_stats(stages: tuple[Stage, ...], meta: TensorMeta, nonzero: int) -> list[StageStats]:
@@ -50,6 +52,7 @@ class TensorPipeline:
     ----------
     stages : the pipeline's stages, in order
     meta : the tensor's name and shape
+    blocks : the tensor's block plan (runners may depend on it)
     nonfinite : ``"error"`` (default) or ``"zero"`` (NaN/inf read as 0); validated by ``EngineOptions``
     want_mask : also produce the prune mask (1 kept, 0 pruned by any prune stage)
     """
@@ -58,6 +61,7 @@ class TensorPipeline:
         self,
         stages: tuple[Stage, ...],
         meta: TensorMeta,
+        blocks: list[Block],
         nonfinite: str = "error",
         want_mask: bool = False,
     ) -> None:
@@ -65,7 +69,8 @@ class TensorPipeline:
         self.meta = meta
         self.nonfinite = nonfinite
         self.want_mask = want_mask and any(isinstance(s, Prune) for s in stages)
-        self.runners = [s.runner(meta) for s in stages]
+        self.runners = [s.runner(meta, blocks) for s in stages]
+        self.encoding: Encoding = (self.runners[-1].encoding() if self.runners else None) or FloatEncoding(meta)
 
     @property
     def n_sweeps(self) -> int:
@@ -114,7 +119,7 @@ class TensorPipeline:
                         n_compared=int(x.size),
                     )
                 )
-            write(block, x, mask)
+            write(self.encoding.emit(block, x), block, mask)
         nbytes = 4 * self.meta.size
         stats = [
             part.merge(
@@ -123,7 +128,7 @@ class TensorPipeline:
                     tensors_processed=1,
                     params_before=self.meta.size,
                     memory_before_bytes=nbytes,
-                    memory_after_bytes=s.memory_after(nbytes),
+                    memory_after_bytes=s.memory_after(self.meta, nbytes),
                 )
             )
             for s, part in zip(self.stages, partial)

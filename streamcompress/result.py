@@ -40,6 +40,10 @@ class CompressionResult:
     tensor_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     compressed_tensors: list[WeightTensor] = field(default_factory=list)
     masks: dict[str, np.ndarray] = field(default_factory=dict)
+    #: every stored array of an in-memory run (codes, ``_scale``, ... for real quantization)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    #: bytes on disk of all output arrays (store runs)
+    stored_bytes: int | None = None
 
     def overall_sparsity(self) -> float:
         if self.total_params == 0:
@@ -90,9 +94,17 @@ class CompressionResult:
             )
         return "\n".join(lines)
 
+    def bits_per_weight(self) -> float | None:
+        """Stored bits per parameter (store runs), codes + scales + codec effect."""
+        if self.stored_bytes is None or not self.total_params:
+            return None
+        return 8.0 * self.stored_bytes / self.total_params
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "summary": {
+                "stored_bytes": self.stored_bytes,
+                "bits_per_weight": self.bits_per_weight(),
                 "tensors": len(self.tensor_names),
                 "total_params": self.total_params,
                 "total_nonzero": self.total_nonzero,

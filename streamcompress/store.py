@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -27,11 +26,14 @@ __all__ = [
     "sources_from_arrays",
     "MemorySink",
     "ZarrSink",
+    "MASK_GROUP",
     "LOGICAL_DTYPE_ATTR",
     "TENSOR_ORDER_ATTR",
     "CODECS",
 ]
 
+#: Subgroup holding prune masks (``__masks__/<tensor>``).
+MASK_GROUP = "__masks__"
 #: Output codecs of a store.
 CODECS = ("zstd", "none")
 
@@ -188,35 +190,25 @@ def open_input(path: str | os.PathLike) -> tuple[Any, list[ZarrSource]]:
     return group, [ZarrSource(n, arrays[n]) for n in names]
 
 
-@dataclass
-class _Out:
-    data: np.ndarray
-    mask: np.ndarray | None
-
-
 class MemorySink:
-    """Collects outputs in memory (``compress_model`` on arrays)."""
+    """Keeps every output array in memory (``compress_model`` without ``output``)."""
 
     def __init__(self) -> None:
-        self.outputs: dict[str, _Out] = {}
-        self.infos: dict[str, dict[str, Any]] = {}
+        self.arrays: dict[str, np.ndarray] = {}
+        self.attrs: dict[str, dict[str, Any]] = {}
 
-    def begin_tensor(self, src: TensorSource, chunks, dtype, with_mask: bool) -> None:
-        shape = src.meta.shape
-        mask = np.ones(shape, dtype=np.uint8) if with_mask else None
-        self.outputs[src.meta.name] = _Out(np.zeros(shape, dtype=dtype), mask)
+    def create(self, name: str, shape, chunks, dtype, attrs: dict[str, Any]) -> None:
+        self.arrays[name] = np.zeros(shape, dtype=dtype)
+        self.attrs[name] = dict(attrs)
 
-    def write(self, name: str, block: Block, data: np.ndarray, mask: np.ndarray | None) -> None:
-        out = self.outputs[name]
-        out.data[block.region] = data.reshape(block.shape)
-        if mask is not None and out.mask is not None:
-            out.mask[block.region] = mask.reshape(block.shape)
+    def write(self, name: str, region: tuple, data: np.ndarray) -> None:
+        self.arrays[name][region] = data
 
-    def end_tensor(self, name: str, info: dict[str, Any]) -> None:
-        self.infos[name] = info
+    def update_attrs(self, name: str, attrs: dict[str, Any]) -> None:
+        self.attrs[name].update(attrs)
 
     def finish(self, attrs: dict[str, Any]) -> None:
-        self.attrs = attrs
+        self.group_attrs = attrs
 
 
 class ZarrSink:
@@ -226,8 +218,6 @@ class ZarrSink:
     a mostly-zero chunk. Chunks are those of the block plan, so every chunk is
     written exactly once, whole.
     """
-
-    MASK_GROUP = "__masks__"
 
     def __init__(self, path: str | os.PathLike, *, overwrite: bool = False, codec: str = "zstd"):
         p = Path(path)
@@ -240,7 +230,6 @@ class ZarrSink:
         except OSError as e:
             raise InvalidStore(f"cannot create output '{path}': {e.strerror or e}") from None
         self.arrays: dict[str, Any] = {}
-        self.masks: dict[str, Any] = {}
 
     def _compressors(self):
         if self.codec == "none":
@@ -249,35 +238,21 @@ class ZarrSink:
 
         return ZstdCodec(level=1)
 
-    def begin_tensor(self, src: TensorSource, chunks, dtype, with_mask: bool) -> None:
-        name = src.meta.name
-        attrs = {k: v for k, v in src.attrs.items() if k == LOGICAL_DTYPE_ATTR}
-        if np.dtype(dtype) == np.float32:
-            attrs.pop(LOGICAL_DTYPE_ATTR, None)
-            attrs["source_dtype"] = src.logical_dtype
-        kw = dict(
-            shape=src.meta.shape,
-            chunks=chunks if src.meta.ndim else (),
-            dtype=dtype,
-            compressors=self._compressors(),
-            fill_value=0,
-            config={"write_empty_chunks": True},
-            overwrite=True,
-        )
-        self.arrays[name] = self.group.create_array(name, attributes=attrs, **kw)
-        if with_mask:
-            kw["dtype"] = "uint8"
-            self.masks[name] = self.group.create_array(f"{self.MASK_GROUP}/{name}", **kw)
+    def create(self, name: str, shape, chunks, dtype, attrs: dict[str, Any]) -> None:
+        self.arrays[name] = self.group.create_array(
+            name, shape=tuple(shape), chunks=tuple(chunks) if shape else (), dtype=dtype,
+            compressors=self._compressors(), fill_value=0, attributes=attrs,
+            config={"write_empty_chunks": True}, overwrite=True)
 
-    def write(self, name: str, block: Block, data: np.ndarray, mask: np.ndarray | None) -> None:
-        region = block.region if block.shape else ()
-        self.arrays[name][region] = data.reshape(block.shape)
-        if mask is not None and name in self.masks:
-            self.masks[name][region] = mask.reshape(block.shape)
+    def write(self, name: str, region: tuple, data: np.ndarray) -> None:
+        self.arrays[name][region if data.ndim else ()] = data
 
-    def end_tensor(self, name: str, info: dict[str, Any]) -> None:
+    def update_attrs(self, name: str, attrs: dict[str, Any]) -> None:
         # Written last: an array is complete only once this attribute exists.
-        self.arrays[name].attrs.update({"streamcompress": {**info, "complete": True}})
+        self.arrays[name].attrs.update(attrs)
+
+    def stored_bytes(self, name: str) -> int:
+        return int(self.arrays[name].nbytes_stored())
 
     def finish(self, attrs: dict[str, Any]) -> None:
         self.group.attrs.update(attrs)

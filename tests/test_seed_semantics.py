@@ -210,10 +210,13 @@ def test_stage_stats_helpers_and_monoid():
 
 
 def test_quantize_memory_after_rounds_in_f32():
+    from streamcompress.layout import TensorMeta
+
     q = sc.QuantizeInt8()
+    m = TensorMeta("w", (2**24 + 1,))
     big = 4 * (2**24 + 1)  # not representable in f32
-    assert q.memory_after(big) == int(np.float32(big) * np.float32(0.25))
-    assert q.memory_after(40) == 10 and q.memory_after(2) == 1
+    assert q.memory_after(m, big) == int(np.float32(big) * np.float32(0.25))
+    assert q.memory_after(m, 40) == 10 and q.memory_after(m, 2) == 1
 
 
 @pytest.mark.parametrize("stages", [[], [("prune", dict(sparsity=0.5))], [("quantize_int8",)],

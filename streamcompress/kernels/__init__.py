@@ -13,6 +13,15 @@ from .elementwise import (
     zero_nonfinite,
 )
 from .lcg import random_scores, random_unit_scores
+from .quant import (
+    dequantize_units,
+    pack_nibbles,
+    quantize_units,
+    unit_absmax,
+    unit_minmax,
+    unit_range,
+    unpack_nibbles,
+)
 from .select import NBINS, hist16, locate_kth
 from .structured import accumulate_col_scores, accumulate_row_scores, apply_unit_mask
 
@@ -32,6 +41,13 @@ __all__ = [
     "zero_nonfinite",
     "random_scores",
     "random_unit_scores",
+    "dequantize_units",
+    "pack_nibbles",
+    "quantize_units",
+    "unit_absmax",
+    "unit_minmax",
+    "unit_range",
+    "unpack_nibbles",
     "NBINS",
     "hist16",
     "locate_kth",

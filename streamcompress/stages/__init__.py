@@ -6,7 +6,8 @@ from ..errors import ConfigError
 from .base import Stage, StageRunner
 from .clip import Clip
 from .prune import Granularity, Metric, Prune, PruningConfig
-from .quantize import QuantizeInt8
+from .quantize import Quantize, QuantizeInt8, name_matches
+from .schemes import QuantGranularity, QuantScheme, parse_scheme
 
 __all__ = [
     "Stage",
@@ -16,6 +17,11 @@ __all__ = [
     "Metric",
     "Granularity",
     "QuantizeInt8",
+    "Quantize",
+    "QuantScheme",
+    "QuantGranularity",
+    "parse_scheme",
+    "name_matches",
     "Clip",
     "STAGES",
     "stage_from_dict",
@@ -25,6 +31,7 @@ __all__ = [
 STAGES: dict[str, Any] = {
     Prune.name: Prune,
     QuantizeInt8.name: QuantizeInt8,
+    Quantize.name: Quantize,
     Clip.name: Clip,
 }
 

@@ -8,6 +8,11 @@ A *stage* is a frozen, validated config object (``Prune``, ``QuantizeInt8``,
    stages (recomputed on the fly), then ``end_pass(pass_index)``;
 2. one final sweep where ``apply(block, x, mask)`` transforms ``x`` in place.
 
+Runners are made with the tensor's block plan, so a stage can tell whether its
+units (groups, channels) lie inside single blocks and need no statistic pass.
+The stored form of the output is an :class:`Encoding`: float32 by default, or
+codes + scales when the last stage is a real quantizer.
+
 ``begin_sweep()`` is called before every sweep, so runners with state carried
 from block to block (the prune tie counter) restart it. Runners never do I/O.
 """
@@ -15,6 +20,7 @@ from block to block (the prune tie counter) restart it. Runners never do I/O.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,13 +28,50 @@ import numpy as np
 from ..kernels import hist16, locate_kth
 from ..layout import Block, TensorMeta
 
-__all__ = ["Stage", "StageRunner", "KthSelector", "IdentityRunner", "f32_floor_product"]
+__all__ = ["Stage", "StageRunner", "KthSelector", "IdentityRunner", "f32_floor_product", "ArraySpec",
+           "Encoding", "FloatEncoding"]
 
 
 def f32_floor_product(fraction: float, count: int) -> int:
     """``floor(fraction as f32 * count as f32)`` as the seed computes it (saturating at 0)."""
     v = np.float32(np.float32(fraction) * np.float32(count))
     return int(np.floor(v)) if v > 0 else 0
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One stored array of a tensor's output: ``name + suffix``."""
+
+    suffix: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+class Encoding(ABC):
+    """How a tensor's output is stored (arrays, and what each block writes)."""
+
+    @abstractmethod
+    def specs(self, out_chunks: tuple[int, ...]) -> list[ArraySpec]:
+        """The arrays to create, given the chunks the block plan writes whole."""
+
+    @abstractmethod
+    def emit(self, block: Block, x: np.ndarray) -> list[tuple[str, tuple, np.ndarray]]:
+        """``(suffix, region, data)`` to write for ``block`` (after every stage ran)."""
+
+
+class FloatEncoding(Encoding):
+    """float32 values, same shape and chunks as the tensor."""
+
+    def __init__(self, meta: TensorMeta) -> None:
+        self.meta = meta
+
+    def specs(self, out_chunks: tuple[int, ...]) -> list[ArraySpec]:
+        return [ArraySpec("", self.meta.shape, out_chunks, "float32")]
+
+    def emit(self, block: Block, x: np.ndarray) -> list[tuple[str, tuple, np.ndarray]]:
+        return [("", block.region, x.reshape(block.shape))]
 
 
 class StageRunner(ABC):
@@ -52,6 +95,10 @@ class StageRunner(ABC):
     def info(self) -> dict[str, Any]:
         """Per-tensor facts for the report (threshold, scale, ...)."""
         return {}
+
+    def encoding(self) -> Encoding | None:
+        """The stored form when this runner is the pipeline's last (None: float32)."""
+        return None
 
 
 class IdentityRunner(StageRunner):
@@ -78,7 +125,7 @@ class KthSelector:
 
     def __init__(self, k: int) -> None:
         self.k = int(k)
-        self._hist = np.zeros(1 << 16, dtype=np.int64)
+        self._hist: np.ndarray | None = None  # allocated on first use
         self._high = -1
         self._below_high = 0
         self.threshold: int | None = None
@@ -86,20 +133,25 @@ class KthSelector:
         self.ties = 0
 
     def observe(self, pass_index: int, keys: np.ndarray) -> None:
+        if self._hist is None:
+            self._hist = np.zeros(1 << 16, dtype=np.int64)
         if pass_index == 0:
             self._hist += hist16(keys)
         else:
             self._hist += hist16(keys, self._high)
 
     def end_pass(self, pass_index: int) -> None:
+        if self._hist is None:
+            self._hist = np.zeros(1 << 16, dtype=np.int64)
         if pass_index == 0:
             self._high, self._below_high = locate_kth(self._hist, self.k)
+            self._hist[:] = 0
         else:
             low, below_low = locate_kth(self._hist, self.k - self._below_high)
             self.threshold = (self._high << 16) | low
             self.below = self._below_high + below_low
             self.ties = int(self._hist[low])
-        self._hist[:] = 0
+            self._hist = None  # 512 KiB per selector: free it once the threshold is known
 
 
 class Stage(ABC):
@@ -114,15 +166,23 @@ class Stage(ABC):
         """Raise the seed's per-tensor error for ``meta``, if any."""
 
     @abstractmethod
-    def runner(self, meta: TensorMeta) -> StageRunner:
+    def runner(self, meta: TensorMeta, blocks: list[Block]) -> StageRunner:
         """A fresh runner for one tensor (cheap: big buffers come with the passes)."""
 
-    def memory_after(self, memory_before: int) -> int:
-        """The seed's theoretical bytes after this stage."""
+    def memory_after(self, meta: TensorMeta, memory_before: int) -> int:
+        """Theoretical bytes after this stage (the seed's ``memory_after_bytes``)."""
         return memory_before
 
-    #: Multiplier of ``estimate_compressed_size`` (the seed's metadata-only estimate).
+    def estimate(self, meta: TensorMeta, size: float) -> float:
+        """Metadata-only size after this stage (the seed's ``estimate_compressed_size``)."""
+        return size * self.size_factor
+
+    #: Multiplier of the seed's estimate for stages whose size is a fixed fraction.
     size_factor: ClassVar[float] = 1.0
+
+    def block_multiple(self, meta: TensorMeta) -> int:
+        """Blocks that split the last axis must split it at multiples of this."""
+        return 1
 
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:

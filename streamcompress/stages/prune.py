@@ -126,7 +126,7 @@ class Prune(Stage):
         cap = max(units - math.ceil(cfg.min_nonzero / unit_size), 0)
         return min(k, cap), units
 
-    def runner(self, meta: TensorMeta) -> StageRunner:
+    def runner(self, meta: TensorMeta, blocks: list[Block]) -> StageRunner:
         self.check_tensor(meta)
         k, units = self.prune_count(meta)
         if k == 0:

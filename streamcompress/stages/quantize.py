@@ -1,8 +1,12 @@
-"""QuantizeInt8 stage: the seed's per-tensor simulated int8."""
+"""Quantize stages: the seed's simulated ``QuantizeInt8``, and ``Quantize``,
+which stores real integer codes and scales (schemes in ``schemes.py``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
 import numpy as np
@@ -10,9 +14,10 @@ import numpy as np
 from .. import kernels as K
 from ..errors import ConfigError
 from ..layout import Block, TensorMeta
-from .base import Stage, StageRunner
+from .base import ArraySpec, Encoding, Stage, StageRunner
+from .schemes import QuantGranularity, QuantScheme, parse_scheme
 
-__all__ = ["QuantizeInt8"]
+__all__ = ["QuantizeInt8", "Quantize", "name_matches"]
 
 
 @dataclass(frozen=True)
@@ -27,10 +32,10 @@ class QuantizeInt8(Stage):
     name: ClassVar[str] = "quantize_int8"
     size_factor: ClassVar[float] = 0.25
 
-    def runner(self, meta: TensorMeta) -> StageRunner:
+    def runner(self, meta: TensorMeta, blocks: list[Block]) -> StageRunner:
         return _QuantizeRunner()
 
-    def memory_after(self, memory_before: int) -> int:
+    def memory_after(self, meta: TensorMeta, memory_before: int) -> int:
         v = np.float32(np.float32(memory_before) * np.float32(0.25))
         return int(np.floor(np.float64(v) + 0.5))
 
@@ -66,3 +71,256 @@ class _QuantizeRunner(StageRunner):
 
     def info(self) -> dict[str, Any]:
         return {"absmax": float(self.amax), "scale": float(self.scale)}
+
+
+def name_matches(pattern: str, name: str) -> bool:
+    """``re:REGEX`` (``re.search``) or a glob matched against the whole name.
+
+    Examples
+    --------
+    >>> name_matches("*.mlp.*", "model.layers.0.mlp.up_proj.weight")
+    True
+    >>> name_matches("re:layers\\.[01]\\.", "model.layers.12.q")
+    False
+    """
+    if pattern.startswith("re:"):
+        return re.search(pattern[3:], name) is not None
+    return fnmatchcase(name, pattern)
+
+
+@dataclass(frozen=True)
+class Quantize(Stage):
+    """Quantize with a scheme; real codes + scales unless ``simulate``.
+
+    When it is the pipeline's last stage and ``simulate`` is false, the tensor
+    ``W`` is stored as codes ``W`` (int8, or uint8 with two int4 per byte),
+    ``W_scale`` and, for asymmetric schemes, ``W_zero_point`` (FORMAT.md).
+    Otherwise the dequantized float32 values flow on / are written.
+    ``overrides`` are ``(pattern, scheme or None)``; the first pattern matching
+    a tensor's name picks its scheme (None: leave the tensor unquantized).
+    """
+
+    scheme: QuantScheme = field(default_factory=QuantScheme)
+    simulate: bool = False
+    overrides: tuple[tuple[str, QuantScheme | None], ...] = ()
+    name: ClassVar[str] = "quantize"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scheme", parse_scheme(self.scheme))
+        ov = []
+        for item in self.overrides:
+            try:
+                pat, sch = item
+            except (TypeError, ValueError):
+                raise ConfigError(f"an override must be (pattern, scheme), got {item!r}") from None
+            if pat.startswith("re:"):
+                try:
+                    re.compile(pat[3:])
+                except re.error as e:
+                    raise ConfigError(f"bad regex in override '{pat}': {e}") from None
+            none = sch is None or str(sch).lower() in ("none", "f32", "float32", "skip")
+            ov.append((str(pat), None if none else parse_scheme(sch, self.scheme.scale_dtype)))
+        object.__setattr__(self, "overrides", tuple(ov))
+        if not isinstance(self.simulate, bool):
+            raise ConfigError("simulate must be true or false")
+
+    def scheme_for(self, name: str) -> QuantScheme | None:
+        for pat, sch in self.overrides:
+            if name_matches(pat, name):
+                return sch
+        return self.scheme
+
+    def runner(self, meta: TensorMeta, blocks: list[Block]) -> StageRunner:
+        from .base import IdentityRunner
+
+        sch = self.scheme_for(meta.name)
+        if sch is None or meta.size == 0:
+            return IdentityRunner(scheme=None)
+        return _SchemeRunner(sch, meta, blocks, real=not self.simulate)
+
+    def encoded_bytes(self, meta: TensorMeta) -> int:
+        sch = self.scheme_for(meta.name)
+        if sch is None or meta.size == 0:
+            return 4 * meta.size
+        units = math.prod(sch.scale_shape(meta.shape))
+        zp = 0 if sch.symmetric else units
+        return math.prod(sch.code_shape(meta.shape)) + units * np.dtype(sch.scale_dtype).itemsize + zp
+
+    def memory_after(self, meta: TensorMeta, memory_before: int) -> int:
+        return self.encoded_bytes(meta)
+
+    def estimate(self, meta: TensorMeta, size: float) -> float:
+        return size * (self.encoded_bytes(meta) / (4 * meta.size)) if meta.size else size
+
+    def block_multiple(self, meta: TensorMeta) -> int:
+        sch = self.scheme_for(meta.name)
+        if sch is None:
+            return 1
+        m = 2 if sch.packed else 1
+        if sch.effective_granularity(meta.shape) is QuantGranularity.GROUP:
+            m = math.lcm(m, sch.group_size)
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {"scheme": self.scheme.spec(), "scale_dtype": self.scheme.scale_dtype,
+                                "simulate": self.simulate}
+        if self.overrides:
+            conf["overrides"] = [[p, s.spec() if s else None] for p, s in self.overrides]
+        return {"name": self.name, "configuration": conf}
+
+    @classmethod
+    def from_configuration(cls, conf: dict[str, Any]) -> Quantize:
+        conf = dict(conf)
+        unknown = set(conf) - {"scheme", "scale_dtype", "simulate", "overrides"}
+        if unknown:
+            raise ConfigError(f"unknown quantize option(s): {', '.join(sorted(unknown))}")
+        scheme = parse_scheme(conf.get("scheme", "int8"), conf.get("scale_dtype"))
+        ov = conf.get("overrides", [])
+        if isinstance(ov, dict):
+            ov = list(ov.items())
+        return cls(scheme, bool(conf.get("simulate", False)), tuple(tuple(o) for o in ov))
+
+
+def _on_unit_boundary(f: int, L: int, g: int) -> bool:
+    return (f % L) % g == 0
+
+
+class _SchemeRunner(StageRunner):
+    """Per-unit scales: from a statistic pass when units cross blocks, else per block."""
+
+    def __init__(self, scheme: QuantScheme, meta: TensorMeta, blocks: list[Block], real: bool) -> None:
+        self.s = scheme
+        self.meta = meta
+        self.real = real
+        self.L, self.g = scheme.units(meta.shape)
+        self.local = all(_on_unit_boundary(b.start, self.L, self.g)
+                         and _on_unit_boundary(b.start + b.size, self.L, self.g) for b in blocks)
+        self.n_passes = 0 if self.local else 1
+        self._mx: np.ndarray | None = None
+        self._mn: np.ndarray | None = None
+        self._glob: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._last: tuple | None = None
+        self._scale_written = False
+        self._amax = 0.0
+
+    # -- statistics ------------------------------------------------------------
+    def _block_stats(self, block: Block, x: np.ndarray):
+        if self.s.symmetric:
+            return K.unit_absmax(x, block.start, self.L, self.g), None
+        mn, mx = K.unit_minmax(x, block.start, self.L, self.g)
+        return mx, mn
+
+    def observe(self, pass_index: int, block: Block, x: np.ndarray) -> None:
+        if self._mx is None:
+            units = math.prod(self.s.scale_shape(self.meta.shape))
+            self._mx = np.zeros(units, np.float32)
+            self._mn = np.zeros(units, np.float32)
+        u0, k = K.unit_range(block.start, x.size, self.L, self.g)
+        mx, mn = self._block_stats(block, x)
+        np.maximum(self._mx[u0:u0 + k], mx, out=self._mx[u0:u0 + k])
+        if mn is not None:
+            np.minimum(self._mn[u0:u0 + k], mn, out=self._mn[u0:u0 + k])
+
+    def end_pass(self, pass_index: int) -> None:
+        self._glob = self.s.scales_from_stats(self._mx, None if self.s.symmetric else self._mn)
+        self._amax = float(np.max(np.maximum(self._mx, -self._mn))) if self._mx.size else 0.0
+        self._mx = self._mn = None
+
+    # -- apply -----------------------------------------------------------------
+    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
+        u0, k = K.unit_range(block.start, x.size, self.L, self.g)
+        if self.local:
+            mx, mn = self._block_stats(block, x)
+            used, inv, zp = self.s.scales_from_stats(mx, mn)
+            self._amax = max(self._amax, float(np.max(np.maximum(mx, -mn if mn is not None else mx))))
+        else:
+            used, inv, zp = (a[u0:u0 + k] for a in self._glob)
+        codes = np.empty(x.size, dtype=np.int16)
+        K.quantize_units(x, block.start, self.L, self.g, used, inv, zp, self.s.qmin, self.s.qmax,
+                         self.s.reciprocal, codes)
+        if self.real:
+            self._last = (block, codes, used, zp)
+
+    def info(self) -> dict[str, Any]:
+        return {"scheme": self.s.spec(), "absmax": self._amax}
+
+    def encoding(self) -> Encoding | None:
+        return _QuantEncoding(self) if self.real else None
+
+
+class _QuantEncoding(Encoding):
+    """Codes ``W``, scales ``W_scale`` and zero points ``W_zero_point`` (FORMAT.md)."""
+
+    def __init__(self, runner: _SchemeRunner) -> None:
+        self.r = runner
+        self.s = runner.s
+        self.shape = runner.meta.shape
+
+    def specs(self, out_chunks: tuple[int, ...]) -> list[ArraySpec]:
+        s, shape = self.s, self.shape
+        code_shape = s.code_shape(shape) if shape else (1,) if s.packed else ()
+        code_chunks = tuple(out_chunks)
+        if s.packed:
+            if not shape:
+                code_chunks = (1,)
+            else:
+                c = out_chunks[-1]
+                code_chunks = code_chunks[:-1] + ((-(-c // 2)) if c >= shape[-1] else c // 2,)
+        sshape = s.scale_shape(shape)
+        if self.r.local and s.effective_granularity(shape) is QuantGranularity.GROUP:
+            c = out_chunks[-1]
+            schunks = tuple(out_chunks[:-1]) + ((sshape[-1] if c >= shape[-1] else c // s.group_size),)
+        elif self.r.local and s.effective_granularity(shape) is QuantGranularity.CHANNEL:
+            schunks = (out_chunks[0],) + (1,) * (len(shape) - 1)
+        else:
+            schunks = sshape
+        attrs = {"quantization": s.format_attrs(shape)}
+        specs = [ArraySpec("", code_shape, code_chunks, s.code_dtype, attrs),
+                 ArraySpec("_scale", sshape, schunks, s.scale_dtype)]
+        if not s.symmetric:
+            specs.append(ArraySpec("_zero_point", sshape, schunks, "int8"))
+        return specs
+
+    def _scale_region(self, block: Block) -> tuple:
+        s, shape = self.s, self.shape
+        eg = s.effective_granularity(shape)
+        if eg is QuantGranularity.GROUP:
+            last = block.region[-1]
+            lo, hi = last.start or 0, last.stop if last.stop is not None else shape[-1]
+            return tuple(block.region[:-1]) + (slice(lo // s.group_size, -(-hi // s.group_size)),)
+        if eg is QuantGranularity.CHANNEL:
+            return (block.region[0],) + (slice(0, 1),) * (len(shape) - 1)
+        return (slice(0, 1),)
+
+    def emit(self, block: Block, x: np.ndarray) -> list[tuple[str, tuple, np.ndarray]]:
+        b, codes, used, zp = self.r._last
+        s, shape = self.s, self.shape
+        if s.packed:
+            nib = codes if not s.symmetric else codes + 8  # offset binary for signed int4
+            bshape = block.shape if block.shape else (1,)
+            data = K.pack_nibbles(nib.reshape(bshape))
+            if shape:
+                last = block.region[-1]
+                lo = last.start or 0
+                region = tuple(block.region[:-1]) + (slice(lo // 2, lo // 2 + data.shape[-1]),)
+            else:
+                region = (slice(0, 1),)
+        else:
+            data = codes.astype(np.int8).reshape(block.shape)
+            region = block.region
+        out = [("", region, data)]
+        if self.r.local:
+            sregion = self._scale_region(block)
+            sshape = tuple(sl.stop - sl.start for sl in sregion)
+            out.append(("_scale", sregion, used.astype(s.scale_dtype).reshape(sshape)))
+            if not s.symmetric:
+                out.append(("_zero_point", sregion, zp.astype(np.int8).reshape(sshape)))
+        elif not self.r._scale_written:
+            self.r._scale_written = True
+            used_all, _, zp_all = self.r._glob
+            sshape = s.scale_shape(shape)
+            full = tuple(slice(0, d) for d in sshape)
+            out.append(("_scale", full, used_all.astype(s.scale_dtype).reshape(sshape)))
+            if not s.symmetric:
+                out.append(("_zero_point", full, zp_all.astype(np.int8).reshape(sshape)))
+        return out

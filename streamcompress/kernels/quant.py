@@ -1,0 +1,148 @@
+"""Real quantization kernels: per-unit statistics, codes and dequantization.
+
+A *unit* shares one scale. Units are described by ``(L, g)``: the tensor is
+viewed as rows of ``L`` elements, each split into groups of ``g`` (the last
+group of a row may be shorter). Per tensor: ``L = g = n``; per channel
+(axis 0): ``L = g = n / shape[0]``; per group along the last axis:
+``L = shape[-1]``. Flat element ``f`` belongs to unit
+``(f // L) * ceil(L / g) + (f % L) // g``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from ._jit import JIT, PJIT
+
+__all__ = ["unit_range", "unit_absmax", "unit_minmax", "quantize_units", "dequantize_units", "pack_nibbles",
+           "unpack_nibbles"]
+
+
+@numba.njit(**JIT)
+def _unit(f, L, g, G):
+    return (f // L) * G + (f % L) // g
+
+
+def unit_range(start: int, n: int, L: int, g: int) -> tuple[int, int]:
+    """``(first unit, number of units)`` touched by flat range ``[start, start+n)``."""
+    G = -(-L // g)
+    u0 = (start // L) * G + (start % L) // g
+    last = start + n - 1
+    u1 = (last // L) * G + (last % L) // g
+    return u0, u1 - u0 + 1
+
+
+@numba.njit(**PJIT)
+def _unit_stats(x, start, L, g, k, want_min):
+    G = (L + g - 1) // g
+    n = x.size
+    u0 = _unit(start, L, g, G)
+    mx = np.zeros(k, dtype=np.float32)
+    mn = np.zeros(k, dtype=np.float32)
+    for j in prange(k):
+        u = u0 + j
+        row = u // G
+        lo = row * L + (u % G) * g
+        hi = min(lo + g, row * L + L)
+        lo = max(lo, start) - start
+        hi = min(hi, start + n) - start
+        a = np.float32(0.0)
+        b = np.float32(0.0)
+        for i in range(lo, hi):
+            v = x[i]
+            if want_min:
+                if v > a:
+                    a = v
+                if v < b:
+                    b = v
+            else:
+                av = abs(v)
+                if av > a:
+                    a = av
+        mx[j] = a
+        mn[j] = b
+    return mx, mn
+
+
+def unit_absmax(x: np.ndarray, start: int, L: int, g: int) -> np.ndarray:
+    """max |x| of each unit touched by the block (0 for none, NaN ignored)."""
+    _, k = unit_range(start, x.size, L, g)
+    if k == 1:
+        from .elementwise import absmax
+
+        return np.array([absmax(x)], dtype=np.float32)
+    return _unit_stats(x, start, L, g, k, False)[0]
+
+
+def unit_minmax(x: np.ndarray, start: int, L: int, g: int) -> tuple[np.ndarray, np.ndarray]:
+    """(min(x, 0), max(x, 0)) of each unit touched by the block."""
+    _, k = unit_range(start, x.size, L, g)
+    mx, mn = _unit_stats(x, start, L, g, k, True)
+    return mn, mx
+
+
+@numba.njit(**PJIT)
+def quantize_units(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes):
+    """Codes of the block, in ``codes`` (int16, same size as ``x``); ``x`` becomes
+    the dequantized values ``(q - zp) * scale``.
+
+    ``q = clamp(round_half_away(x / scale) + zp, qmin, qmax)``, or with
+    ``use_inv`` ``round_half_away(x * inv)`` (ggml's Q8_0 rule). A zero scale
+    gives ``q = zp``. ``scales``/``inv``/``zps`` are indexed from the block's
+    first unit.
+    """
+    G = (L + g - 1) // g
+    u0 = _unit(start, L, g, G)
+    for i in prange(x.size):
+        j = _unit(start + i, L, g, G) - u0
+        s = scales[j]
+        z = zps[j]
+        v = x[i]
+        if s == 0 or v != v:
+            q = z
+        else:
+            if use_inv:
+                t = np.float32(v * inv[j])
+            else:
+                t = np.float32(v / s)
+            r = np.floor(np.float64(abs(t)) + 0.5)
+            if t < 0:
+                r = -r
+            q = np.int64(max(min(r + z, 1e9), -1e9))
+        if q < qmin:
+            q = qmin
+        if q > qmax:
+            q = qmax
+        codes[i] = q
+        x[i] = np.float32(np.float32(q - z) * s)
+
+
+@numba.njit(**PJIT)
+def dequantize_units(codes, start, L, g, scales, zps, out):
+    """``out = (codes - zp) * scale`` per unit (float32)."""
+    G = (L + g - 1) // g
+    u0 = _unit(start, L, g, G)
+    for i in prange(codes.size):
+        j = _unit(start + i, L, g, G) - u0
+        out[i] = np.float32(np.float32(np.int64(codes[i]) - zps[j]) * scales[j])
+
+
+def pack_nibbles(nibbles: np.ndarray) -> np.ndarray:
+    """Pack values 0..15 along the last axis, two per byte: element ``2i`` in the
+    low nibble, ``2i+1`` in the high nibble; an odd last element pairs with 0."""
+    if nibbles.shape[-1] % 2:
+        pad = [(0, 0)] * (nibbles.ndim - 1) + [(0, 1)]
+        nibbles = np.pad(nibbles, pad)
+    lo = nibbles[..., 0::2].astype(np.uint8)
+    hi = nibbles[..., 1::2].astype(np.uint8)
+    return (lo | (hi << np.uint8(4))).astype(np.uint8)
+
+
+def unpack_nibbles(packed: np.ndarray, length: int) -> np.ndarray:
+    """Inverse of :func:`pack_nibbles`: ``length`` values 0..15 along the last axis."""
+    out = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), dtype=np.uint8)
+    out[..., 0::2] = packed & np.uint8(0x0F)
+    out[..., 1::2] = packed >> np.uint8(4)
+    return out[..., :length]

@@ -10,7 +10,7 @@ in-memory arrays.
 __version__ = "0.1.0"
 
 from .config import CompressionConfig, is_embedding_layer, load_config
-from .engine import EngineOptions, compress_model, estimate_compressed_size
+from .engine import EngineOptions, compress_model, estimate_compressed_size, restore, verify
 from .errors import (
     BelowMinNonzero,
     CompressionError,
@@ -30,7 +30,19 @@ from .errors import (
     UnsupportedDtype,
 )
 from .result import CompressionResult, WeightTensor
-from .stages import Clip, Granularity, Metric, Prune, PruningConfig, QuantizeInt8, Stage
+from .stages import (
+    Clip,
+    Granularity,
+    Metric,
+    Prune,
+    PruningConfig,
+    QuantGranularity,
+    Quantize,
+    QuantizeInt8,
+    QuantScheme,
+    Stage,
+    parse_scheme,
+)
 from .stats import StageStats
 
 __all__ = [
@@ -43,6 +55,8 @@ __all__ = [
     "compress_store",
     "prune_tensor",
     "estimate_compressed_size",
+    "restore",
+    "verify",
     "CompressionResult",
     "WeightTensor",
     "StageStats",
@@ -52,6 +66,10 @@ __all__ = [
     "Metric",
     "Granularity",
     "QuantizeInt8",
+    "Quantize",
+    "QuantScheme",
+    "QuantGranularity",
+    "parse_scheme",
     "Clip",
     "StreamCompressError",
     "ConfigError",

@@ -40,7 +40,7 @@ from .store import (
     stored_nbytes,
 )
 
-__all__ = ["EngineOptions", "compress_model", "estimate_compressed_size", "load_sources"]
+__all__ = ["EngineOptions", "compress_model", "estimate_compressed_size", "load_sources", "restore", "verify"]
 
 log = logging.getLogger("streamcompress")
 
@@ -224,7 +224,7 @@ def _copy_skipped(src: TensorSource, blocks: list[Block], io: _IO, progress: _Pr
 
 
 def _plan(src: TensorSource, stages, skipped: bool, options: EngineOptions) -> list[Block]:
-    multiple = 1
+    multiple = src.block_multiple
     if not skipped:
         for s in stages:
             multiple = math.lcm(multiple, s.block_multiple(src.meta))
@@ -234,7 +234,8 @@ def _plan(src: TensorSource, stages, skipped: bool, options: EngineOptions) -> l
 def _check_names(sources, pipelines) -> None:
     seen: dict[str, str] = {}
     for src, pipe in zip(sources, pipelines):
-        suffixes = [sp.suffix for sp in pipe.encoding.specs(())] if pipe is not None else [""]
+        full = tuple(max(1, d) for d in src.meta.shape)
+        suffixes = [sp.suffix for sp in pipe.encoding.specs(full)] if pipe is not None else [""]
         for suf in suffixes:
             full = src.meta.name + suf
             if full in seen:
@@ -421,3 +422,98 @@ def estimate_compressed_size(tensors: Any, config: CompressionConfig) -> int:
             t = s.estimate(m, t)
         size += t
     return emb + int(np.floor(size + 0.5))
+
+
+def _to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return x.astype(ml_dtypes.bfloat16).view(np.uint16)
+    return x.astype(dtype, copy=False)
+
+
+def restore(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    options: EngineOptions | None = None,
+) -> list[str]:
+    """Write every tensor of ``input`` back as dense ``dtype`` (float32, float16
+    or bfloat16 as raw uint16 bits), dequantizing quantized tensors, streaming.
+
+    Returns the tensor names.
+    """
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ConfigError(f"restore dtype must be float32, float16 or bfloat16, got '{dtype}'")
+    options = options or EngineOptions()
+    if Path(output).resolve() == Path(input).resolve():
+        raise InvalidStore("output must differ from the input store")
+    sources = open_input(input)[1]
+    for src in sources:
+        if not src.is_float:
+            raise UnsupportedDtype(src.meta.name, src.logical_dtype)
+    sink = ZarrSink(output, overwrite=overwrite, codec=options.codec)
+    io = _IO(options.prefetch)
+    progress = _Progress(options.progress, sum(stored_nbytes(s) for s in sources))
+    stored = "uint16" if dtype == "bfloat16" else dtype
+    try:
+        for src in sources:
+            blocks = plan_blocks(src.meta.shape, options.max_block_elems, src.chunks, src.block_multiple)
+            chunks = output_chunks(src.meta.shape, blocks, src.chunks)
+            attrs = {LOGICAL_DTYPE_ATTR: "bfloat16"} if dtype == "bfloat16" else {}
+            sink.create(src.meta.name, src.meta.shape, chunks, stored, attrs)
+            per_elem = stored_nbytes(src) / max(src.meta.size, 1)
+            for b, x in io.blocks(src, blocks, lambda b, pe=per_elem: progress.update(int(b.size * pe))):
+                io.write(sink.write, src.meta.name, b.region, _to_dtype(x, dtype).reshape(b.shape))
+            io.flush()
+    finally:
+        progress.close()
+        io.close()
+    names = [s.meta.name for s in sources]
+    sink.finish({TENSOR_ORDER_ATTR: names, "streamcompress": {"restored_from": str(input), "dtype": dtype}})
+    return names
+
+
+def verify(
+    reference: str | os.PathLike, candidate: str | os.PathLike, options: EngineOptions | None = None
+) -> dict[str, StageStats]:
+    """Error statistics of ``candidate`` against ``reference``, tensor by tensor,
+    streaming both (quantized tensors are dequantized on the fly).
+
+    Returns ``{name: StageStats}`` (``sum_sq_err``, ``max_abs_err``,
+    ``sum_sq_signal``, ``n_compared``, ``nonzero_params_after`` of the candidate)
+    plus the total under the key ``""``.
+    """
+    options = options or EngineOptions()
+    ref = {s.meta.name: s for s in open_input(reference)[1]}
+    cand = {s.meta.name: s for s in open_input(candidate)[1]}
+    if sorted(ref) != sorted(cand):
+        missing = sorted(set(ref) ^ set(cand))
+        raise InvalidStore(f"the stores hold different tensors: {', '.join(missing[:5])}")
+    out: dict[str, StageStats] = {}
+    total = StageStats.empty("verify")
+    io = _IO(options.prefetch)
+    try:
+        for name, a in ref.items():
+            b = cand[name]
+            if a.meta.shape != b.meta.shape:
+                raise InvalidStore(f"tensor '{name}' has shape {a.meta.shape} vs {b.meta.shape}")
+            if not (a.is_float and b.is_float):
+                raise UnsupportedDtype(name, a.logical_dtype if not a.is_float else b.logical_dtype)
+            blocks = plan_blocks(a.meta.shape, options.max_block_elems, a.chunks,
+                                 math.lcm(a.block_multiple, b.block_multiple))
+            st = StageStats.empty("verify")
+            for blk, x in io.blocks(a, blocks, lambda _b: None):
+                y = b.read(blk)
+                nz, sse, mx, sig = K.diff_stats(x, y)
+                st = st.merge(StageStats(nonzero_params_after=int(nz), sum_sq_err=float(sse),
+                                         max_abs_err=float(mx), sum_sq_signal=float(sig),
+                                         n_compared=int(x.size), params_before=int(x.size)))
+            out[name] = st.with_counts(stage_name="verify", tensors_processed=1)
+            total = total.merge(out[name])
+    finally:
+        io.close()
+    out[""] = total
+    return out

@@ -22,6 +22,7 @@ __all__ = [
     "TensorSource",
     "ArraySource",
     "ZarrSource",
+    "QuantizedSource",
     "open_input",
     "sources_from_arrays",
     "MemorySink",
@@ -66,6 +67,9 @@ class TensorSource:
     logical_dtype: str
     chunks: tuple[int, ...] | None
     attrs: dict[str, Any]
+
+    #: blocks that split the last axis must split it at multiples of this
+    block_multiple: int = 1
 
     @property
     def is_float(self) -> bool:
@@ -137,6 +141,92 @@ class ZarrSource(TensorSource):
         return np.asarray(self.array[block.region])
 
 
+class QuantizedSource(TensorSource):
+    """A quantized tensor (codes + ``_scale`` [+ ``_zero_point``]), read as float32.
+
+    The array attribute ``quantization`` (FORMAT.md) says how to dequantize.
+    """
+
+    def __init__(self, name: str, codes: Any, scale: Any, zero_point: Any | None) -> None:
+        from .kernels import quant as Q  # noqa: F401 - dequantization kernels
+
+        self.codes, self.scale, self.zero_point = codes, scale, zero_point
+        self.attrs = dict(codes.attrs)
+        q = self.attrs["quantization"]
+        self.q = q
+        self.meta = TensorMeta(name, tuple(int(s) for s in q["shape"]))
+        self.logical_dtype = "float32"
+        shape = self.meta.shape
+        gran = q["granularity"]
+        n = max(math.prod(shape), 1)
+        if gran == "group":
+            self.L, self.g = shape[-1], int(q["group_size"])
+        elif gran == "channel":
+            self.L = self.g = max(n // shape[0], 1)
+        else:
+            self.L = self.g = n
+        self.gran = gran
+        self.block_multiple = math.lcm(2 if q["packed"] else 1, self.g if gran == "group" else 1)
+        self.chunks = None
+        if shape and not q["packed"]:
+            cs = getattr(codes, "shards", None) or codes.chunks
+            self.chunks = tuple(int(c) for c in cs)
+        self._small: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def raw_dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    @property
+    def stored_itemsize(self) -> int:
+        return 1
+
+    def _scales(self, block: Block) -> tuple[np.ndarray, np.ndarray]:
+        """Scales and zero points of the units the block touches, in unit order."""
+        if self.gran != "group":
+            if self._small is None:
+                s = np.asarray(self.scale[...], dtype=np.float32).reshape(-1)
+                z = (np.asarray(self.zero_point[...]).reshape(-1).astype(np.int64) if self.zero_point is not None
+                     else np.zeros(s.size, np.int64))
+                self._small = (s, z)
+            from .kernels import unit_range
+
+            u0, k = unit_range(block.start, block.size, self.L, self.g)
+            return self._small[0][u0:u0 + k], self._small[1][u0:u0 + k]
+        last = block.region[-1]
+        lo, hi = last.start or 0, last.stop
+        region = tuple(block.region[:-1]) + (slice(lo // self.g, -(-hi // self.g)),)
+        s = np.asarray(self.scale[region], dtype=np.float32).reshape(-1)
+        z = (np.asarray(self.zero_point[region]).reshape(-1).astype(np.int64) if self.zero_point is not None
+             else np.zeros(s.size, np.int64))
+        return s, z
+
+    def read_raw(self, block: Block) -> np.ndarray:
+        return self.read(block).reshape(block.shape)
+
+    def read(self, block: Block) -> np.ndarray:
+        from .kernels import dequantize_units, unpack_nibbles
+
+        shape = self.meta.shape
+        if self.q["packed"]:
+            if shape:
+                last = block.region[-1]
+                lo, hi = last.start or 0, last.stop
+                region = tuple(block.region[:-1]) + (slice(lo // 2, -(-hi // 2)),)
+                packed = np.asarray(self.codes[region])
+                nib = unpack_nibbles(packed, hi - lo)
+            else:
+                nib = unpack_nibbles(np.asarray(self.codes[0:1]), 1)
+            codes = nib.astype(np.int16) - (8 if self.q["symmetric"] else 0)
+        else:
+            codes = np.asarray(self.codes[block.region] if shape else self.codes[()]).astype(np.int16)
+        codes = np.ascontiguousarray(codes).reshape(-1)
+        s, z = self._scales(block)
+        out = np.empty(codes.size, dtype=np.float32)
+        dequantize_units(codes, block.start, self.L, self.g, s, z, out)
+        return out
+
+
 def sources_from_arrays(tensors: Any) -> list[TensorSource]:
     """Wrap a mapping ``name -> array``, ``(name, array)`` pairs or objects with
     ``.name`` and ``.data`` (the seed's ``WeightTensor``)."""
@@ -182,12 +272,31 @@ def open_input(path: str | os.PathLike) -> tuple[Any, list[ZarrSource]]:
     for name, node in group.members(max_depth=None):
         if hasattr(node, "shape") and not name.startswith("__"):
             arrays[name] = node
+    companions = set()
+    for name, node in arrays.items():
+        q = node.attrs.get("quantization")
+        if isinstance(q, dict):
+            for key in ("scale", "zero_point"):
+                if q.get(key):
+                    companions.add(name + q[key])
+    tensors = {n: a for n, a in arrays.items() if n not in companions}
     order = group.attrs.get(TENSOR_ORDER_ATTR)
-    if isinstance(order, list) and sorted(order) == sorted(arrays):
+    if isinstance(order, list) and sorted(order) == sorted(tensors):
         names = list(order)
     else:
-        names = sorted(arrays)
-    return group, [ZarrSource(n, arrays[n]) for n in names]
+        names = sorted(tensors)
+    sources: list[TensorSource] = []
+    for n in names:
+        q = tensors[n].attrs.get("quantization")
+        if isinstance(q, dict):
+            try:
+                zp = arrays[n + q["zero_point"]] if q.get("zero_point") else None
+                sources.append(QuantizedSource(n, tensors[n], arrays[n + q["scale"]], zp))
+            except KeyError as e:
+                raise InvalidStore(f"quantized tensor '{n}' misses its array {e}") from None
+        else:
+            sources.append(ZarrSource(n, tensors[n]))
+    return group, sources
 
 
 class MemorySink:

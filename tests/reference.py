@@ -213,3 +213,65 @@ def ref_estimate(tensors, stages, skip_embedding=False) -> int:
         if st[0] == "quantize_int8":
             size *= 0.25
     return emb + int(math.floor(size + 0.5))
+
+
+# -- real quantization schemes (FORMAT.md), naive ---------------------------
+SCHEMES = {"int8": (True, -127, 127), "int8_asym": (False, -128, 127), "int4": (True, -7, 7),
+           "int4_asym": (False, 0, 15), "q8_0": (True, -127, 127)}
+
+
+def ref_units(x, granularity, group):
+    """List of (index into x, unit values) in unit order."""
+    x = np.asarray(x, np.float32)
+    if granularity == "group" and x.ndim >= 1:
+        L = x.shape[-1]
+        rows = x.reshape(-1, L)
+        out = []
+        for r in range(rows.shape[0]):
+            for j in range(0, L, group):
+                out.append(((r, slice(j, min(j + group, L))), rows[r, j:j + group]))
+        return out
+    if granularity == "channel" and x.ndim >= 2:
+        rows = x.reshape(x.shape[0], -1)
+        return [((r, slice(None)), rows[r]) for r in range(rows.shape[0])]
+    return [((0, slice(None)), x.reshape(1, -1)[0])]
+
+
+def ref_quantize_scheme(x, name, granularity="tensor", group=32, scale_dtype="float32"):
+    """Returns (codes int array shaped like x, scales 1-D per unit (stored dtype), zps 1-D, dequantized)."""
+    sym, qmin, qmax = SCHEMES[name]
+    x = np.asarray(x, np.float32)
+    if granularity == "group" and x.ndim >= 1:
+        work = x.reshape(-1, x.shape[-1])
+    elif granularity == "channel" and x.ndim >= 2:
+        work = x.reshape(x.shape[0], -1)
+    else:
+        work = x.reshape(1, -1)
+    codes = np.zeros(work.shape, np.int64)
+    deq = np.zeros(work.shape, np.float32)
+    scales, zps = [], []
+    for (r, sl), u in ref_units(x, granularity, group):
+        if name == "q8_0":
+            d = np.float32(np.abs(u).max() / np.float32(127))
+            idv = np.float32(0) if d == 0 else np.float32(np.float32(1) / d)
+            q = round_half_away((u * idv).astype(np.float32))
+            used = np.float32(np.float16(d))
+            z = 0
+        elif sym:
+            s = np.float32(np.abs(u).max() / np.float32(qmax))
+            used = np.float32(s.astype(scale_dtype))
+            q = np.zeros(u.shape) if used == 0 else round_half_away((u / used).astype(np.float32))
+            z = 0
+        else:
+            lo = min(np.float32(u.min()), np.float32(0))
+            hi = max(np.float32(u.max()), np.float32(0))
+            s = np.float32((hi - lo) / np.float32(qmax - qmin))
+            used = np.float32(s.astype(scale_dtype))
+            z = 0 if used == 0 else int(np.clip(round_half_away(np.array([np.float32(qmin) - np.float32(lo / used)]))[0], qmin, qmax))
+            q = np.zeros(u.shape) if used == 0 else round_half_away((u / used).astype(np.float32))
+        q = np.clip(q + z, qmin, qmax).astype(np.int64)
+        codes[r, sl] = q
+        deq[r, sl] = ((q - z).astype(np.float32) * used).astype(np.float32)
+        scales.append(used)
+        zps.append(z)
+    return codes.reshape(x.shape), np.array(scales, np.float32), np.array(zps, np.int64), deq.reshape(x.shape)

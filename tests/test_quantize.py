@@ -1,0 +1,175 @@
+"""Real quantization: codes, scales and zero points against a naive reference."""
+
+import numpy as np
+import pytest
+import zarr
+
+import streamcompress as sc
+from conftest import heavy_tailed
+from reference import ref_prune, ref_quantize_scheme, round_half_away
+from streamcompress.engine import restore, verify
+from streamcompress.kernels import pack_nibbles, unpack_nibbles
+from streamcompress.stages import Quantize, parse_scheme
+from test_streaming import write_store
+
+
+def bits(a):
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+def unpacked_codes(arrays, name, sch, shape):
+    codes = arrays[name]
+    if sch.packed:
+        nib = unpack_nibbles(codes, shape[-1] if shape else 1).astype(np.int64)
+        return nib - 8 if sch.symmetric else nib
+    return codes.astype(np.int64)
+
+
+CASES = [
+    ("int8", "tensor", 32, "float32"),
+    ("int8", "channel", 32, "float16"),
+    ("int8", "group", 16, "float32"),
+    ("int8_asym", "tensor", 32, "float32"),
+    ("int8_asym", "channel", 32, "float32"),
+    ("int8_asym", "group", 32, "float16"),
+    ("int4", "group", 32, "float32"),
+    ("int4", "group", 10, "float16"),
+    ("int4_asym", "group", 64, "float32"),
+    ("int4", "channel", 32, "float32"),
+    ("q8_0", "group", 32, "float16"),
+]
+SHAPES = [(24, 64), (5, 70), (3, 4, 33), (37,)]
+
+
+@pytest.mark.parametrize("name, gran, group, sdt", CASES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_codes_scales_match_reference(rng, name, gran, group, sdt, shape):
+    x = heavy_tailed(rng, shape)
+    x.reshape(-1)[::7] = 0
+    sch = sc.QuantScheme(name, gran, group, sdt)
+    codes, scales, zps, deq = ref_quantize_scheme(x, name, gran if sch.effective_granularity(shape).value != "tensor"
+                                                  else "tensor", group, sdt)
+    for block in (None, 64, 100):
+        opts = sc.EngineOptions(block_elems=block)
+        real = sc.compress_model({"w": x}, sc.CompressionConfig((Quantize(sch),)), options=opts)
+        a = real.arrays
+        assert (unpacked_codes(a, "w", sch, shape) == codes).all(), block
+        assert a["w_scale"].dtype == np.dtype(sdt)
+        assert (a["w_scale"].astype(np.float32).reshape(-1) == scales).all(), block
+        assert a["w_scale"].shape == sch.scale_shape(shape)
+        if sch.symmetric:
+            assert "w_zero_point" not in a
+        else:
+            assert (a["w_zero_point"].astype(np.int64).reshape(-1) == zps).all()
+        sim = sc.compress_model({"w": x}, sc.CompressionConfig((Quantize(sch, simulate=True),)), options=opts)
+        assert (bits(sim.compressed_tensors[0].data) == bits(deq)).all(), block
+
+
+def ggml_q8_0(x):
+    """Q8_0 exactly as gguf-py's reference: blocks of 32, d = amax/127, q = roundf(x * (1/d))."""
+    blocks = x.reshape(-1, 32)
+    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, 0, np.float32(1) / d).astype(np.float32)
+    qs = round_half_away((blocks * inv).astype(np.float32)).astype(np.int8)
+    return d.astype(np.float16).reshape(-1), qs.reshape(x.shape)
+
+
+def test_q8_0_blocks_equal_ggml(rng):
+    x = heavy_tailed(rng, (16, 128))
+    x[3, :32] = 0  # an all-zero block
+    d, qs = ggml_q8_0(x)
+    r = sc.compress_model({"w": x}, sc.CompressionConfig((Quantize("q8_0"),)))
+    assert (r.arrays["w"] == qs).all()
+    assert (r.arrays["w_scale"].reshape(-1).view(np.uint16) == d.view(np.uint16)).all()
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 32, 33])
+def test_int4_packing_round_trip(rng, length):
+    nib = rng.integers(0, 16, (3, length)).astype(np.uint8)
+    packed = pack_nibbles(nib)
+    assert packed.shape == (3, (length + 1) // 2)
+    assert (packed[:, 0] & 0x0F == nib[:, 0]).all()  # element 0 in the low nibble
+    assert (unpack_nibbles(packed, length) == nib).all()
+
+
+def test_scheme_parsing_and_errors():
+    s = parse_scheme("int4:group:128")
+    assert (s.name, s.granularity.value, s.group_size) == ("int4", "group", 128)
+    assert parse_scheme("int8").granularity.value == "tensor"
+    for bad in ["int3", "int8:rows", "int4:group:x", "q8_0:channel", "int4:group:5"]:
+        with pytest.raises(sc.ConfigError):
+            parse_scheme(bad)
+
+
+def test_overrides_pick_scheme_per_tensor(rng):
+    t = {"model.layers.0.mlp.up_proj.weight": heavy_tailed(rng, (8, 32)),
+         "model.layers.0.self_attn.q_proj.weight": heavy_tailed(rng, (8, 32)),
+         "model.norm.weight": heavy_tailed(rng, (32,))}
+    q = Quantize("int8", overrides=(("*.mlp.*", "int4:group:32"), ("re:norm", None)))
+    r = sc.compress_model(t, sc.CompressionConfig((q,)))
+    assert r.arrays["model.layers.0.mlp.up_proj.weight"].dtype == np.uint8
+    assert r.arrays["model.layers.0.self_attn.q_proj.weight"].dtype == np.int8
+    assert r.arrays["model.norm.weight"].dtype == np.float32
+    assert (r.arrays["model.norm.weight"] == t["model.norm.weight"]).all()
+
+
+def read_with_format_md(group, name):
+    """The FORMAT.md reader: dequantize from the arrays and attributes alone."""
+    q = group[name].attrs["quantization"]
+    codes = group[name][...]
+    scale = group[name + q["scale"]][...].astype(np.float32)
+    zp = group[name + q["zero_point"]][...].astype(np.int32) if q["zero_point"] else 0
+    if q["packed"]:
+        codes = np.stack([codes & 15, codes >> 4], axis=-1).reshape(*codes.shape[:-1], -1)[..., : q["shape"][-1]]
+        codes = codes.astype(np.int32) - (8 if q["symmetric"] else 0)
+    if q["granularity"] == "group":
+        scale = np.repeat(scale, q["group_size"], axis=-1)[..., : q["shape"][-1]]
+        zp = np.repeat(zp, q["group_size"], axis=-1)[..., : q["shape"][-1]] if q["zero_point"] else 0
+    return ((codes.astype(np.int32) - zp).astype(np.float32) * scale).astype(np.float32).reshape(q["shape"])
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int8:channel", "int8_asym:group:32", "int4:group:16",
+                                    "int4_asym:group:32", "q8_0"])
+def test_store_restore_verify_and_format_reader(tmp_path, rng, scheme):
+    tensors = [("a", heavy_tailed(rng, (40, 64))), ("b", heavy_tailed(rng, (3, 5, 66))),
+               ("c", heavy_tailed(rng, (96,)))]
+    src = write_store(tmp_path / "in.zarr", tensors, (8, 32))
+    opts = sc.EngineOptions(block_elems=256)
+    mk = lambda sim: sc.CompressionConfig((sc.Prune(sc.PruningConfig(0.5)), Quantize(scheme, simulate=sim)))  # noqa: E731
+    sc.compress_store(src, tmp_path / "sim.zarr", mk(True), options=opts)
+    r = sc.compress_store(src, tmp_path / "real.zarr", mk(False), options=opts)
+    restore(tmp_path / "real.zarr", tmp_path / "back.zarr", options=opts)
+    sim = zarr.open_group(str(tmp_path / "sim.zarr"), mode="r")
+    real = zarr.open_group(str(tmp_path / "real.zarr"), mode="r")
+    back = zarr.open_group(str(tmp_path / "back.zarr"), mode="r")
+    for name, x in tensors:
+        expect = sim[name][...]
+        assert (bits(back[name][...]) == bits(expect)).all(), name
+        assert (bits(read_with_format_md(real, name)) == bits(expect)).all(), name
+        pruned, _ = ref_prune(x, 0.5)
+        sch = parse_scheme(scheme)
+        gran = sch.effective_granularity(x.shape).value
+        assert (bits(ref_quantize_scheme(pruned, sch.name, gran, sch.group_size, sch.scale_dtype)[3])
+                == bits(expect)).all()
+    v = verify(src, tmp_path / "real.zarr")
+    exp_sse = sum(float(((sim[n][...].astype(np.float64) - x) ** 2).sum()) for n, x in tensors)
+    assert v[""].sum_sq_err == pytest.approx(exp_sse, rel=1e-9)
+    assert r.stored_bytes > 0 and r.bits_per_weight() > 0
+
+
+def test_prune_half_int8_channel_is_at_most_030_of_input_on_disk(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from make_checkpoint import write_checkpoint
+
+    src = tmp_path / "m.zarr"
+    write_checkpoint(src, 16_000_000, "float32")
+    cfg = sc.CompressionConfig((sc.Prune(sc.PruningConfig(0.5)), Quantize("int8:channel")))
+    r = sc.compress_store(src, tmp_path / "o.zarr", cfg)
+    on_disk = lambda p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file())  # noqa: E731
+    ratio = on_disk(tmp_path / "o.zarr") / on_disk(src)
+    assert ratio <= 0.30, ratio
+    assert r.bits_per_weight() < 0.30 * 32

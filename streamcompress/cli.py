@@ -13,7 +13,17 @@ from typing import Any, Sequence
 from . import __version__
 from .config import CompressionConfig, load_config
 from .errors import ConfigError, StreamCompressError
-from .stages import Clip, Granularity, Metric, Prune, PruningConfig, QuantizeInt8
+from .stages import (
+    SCHEME_NAMES,
+    Clip,
+    Granularity,
+    Metric,
+    Prune,
+    PruningConfig,
+    Quantize,
+    QuantizeInt8,
+    parse_scheme,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -40,8 +50,18 @@ def _add_stage_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("stages (applied in the order given)")
     g.add_argument("--prune", metavar="S", type=_fraction, action=_StageAction, const="prune",
                    dest="stages", help="prune to sparsity S in [0, 1)")
-    g.add_argument("--quantize", choices=["int8"], action=_StageAction, const="quantize",
-                   dest="stages", help="simulated per-tensor int8 (the seed's QuantizeInt8)")
+    g.add_argument("--quantize", metavar="SCHEME", type=_scheme, action=_StageAction, const="quantize",
+                   dest="stages",
+                   help="quantize with SCHEME = NAME[:tensor|channel|group[:SIZE]], NAME one of "
+                        f"{', '.join(SCHEME_NAMES)} (e.g. int8, int8:channel, int4:group:64); real "
+                        "int codes + scales are stored unless --simulate")
+    g.add_argument("--simulate", action="store_true",
+                   help="write dequantized float32 instead of codes (int8 per tensor: the seed's QuantizeInt8)")
+    g.add_argument("--scale-dtype", choices=["float32", "float16"], default="float32",
+                   help="dtype of stored scales (default float32; q8_0 is always float16)")
+    g.add_argument("--tensor-type", metavar="PATTERN=SCHEME", action="append", default=[],
+                   help="per-tensor scheme override (first match wins; SCHEME 'none' leaves it float); "
+                        "PATTERN is a glob or re:REGEX")
     g.add_argument("--clip", metavar="P", type=_fraction, action=_StageAction, const="clip",
                    dest="stages", help="zero |w| at or below the P-th fraction of |w|, P in (0, 1]")
     g.add_argument("--metric", choices=[m.value for m in Metric], default="l1",
@@ -52,7 +72,30 @@ def _add_stage_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of --metric random (default 0)")
     g.add_argument("--skip-embeddings", action="store_true",
                    help="leave tensors whose name starts with 'embed' or 'token' unchanged")
+    g.add_argument("--ignore", metavar="PATTERN", action="append", default=[],
+                   help="leave tensors matching PATTERN (glob, or re:REGEX) unchanged; repeatable")
+    g.add_argument("--include", metavar="PATTERN", action="append", default=[],
+                   help="process only tensors matching PATTERN; repeatable")
+    g.add_argument("--skip-1d", action="store_true", help="leave 1-D tensors (norms, biases) unchanged")
     g.add_argument("--config", metavar="FILE", help="JSON or TOML pipeline (instead of stage flags)")
+
+
+def _scheme(text: str) -> str:
+    try:
+        parse_scheme(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _overrides(items: list[str], scale_dtype: str) -> tuple:
+    out = []
+    for item in items:
+        pat, sep, sch = item.rpartition("=")
+        if not sep or not pat:
+            raise ConfigError(f"--tensor-type needs PATTERN=SCHEME, got '{item}'")
+        out.append((pat, None if sch.lower() in ("none", "f32", "float32") else parse_scheme(sch, scale_dtype)))
+    return tuple(out)
 
 
 def _pipeline(args: argparse.Namespace) -> CompressionConfig:
@@ -61,19 +104,25 @@ def _pipeline(args: argparse.Namespace) -> CompressionConfig:
         if flags:
             raise ConfigError("give stages either as flags or with --config, not both")
         cfg = load_config(args.config)
-        if args.skip_embeddings and not cfg.skip_embedding_layers:
-            cfg = CompressionConfig(cfg.stages, True)
-        return cfg
+        return cfg._replace(
+            skip_embedding_layers=cfg.skip_embedding_layers or args.skip_embeddings,
+            ignore=cfg.ignore + tuple(args.ignore), include=cfg.include + tuple(args.include),
+            skip_1d=cfg.skip_1d or args.skip_1d)
     stages = []
     for kind, value in flags:
         if kind == "prune":
             stages.append(Prune(PruningConfig(value, args.metric, args.granularity,
                                               args.min_nonzero, args.seed)))
         elif kind == "quantize":
-            stages.append(QuantizeInt8())
+            scheme = parse_scheme(value, args.scale_dtype)
+            if args.simulate and scheme == parse_scheme("int8") and not args.tensor_type:
+                stages.append(QuantizeInt8())  # exactly the seed's stage
+            else:
+                stages.append(Quantize(scheme, args.simulate, _overrides(args.tensor_type, args.scale_dtype)))
         else:
             stages.append(Clip(value))
-    return CompressionConfig(tuple(stages), args.skip_embeddings)
+    return CompressionConfig(tuple(stages), args.skip_embeddings, tuple(args.ignore), tuple(args.include),
+                             args.skip_1d)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage_flags(e)
     e.add_argument("--json", action="store_true", help="print JSON")
 
+    r = sub.add_parser("restore", help="write dense float tensors back from a compressed store")
+    r.add_argument("input", metavar="STORE", help="a (compressed) Zarr v3 group")
+    r.add_argument("output", metavar="DEST", help="new Zarr v3 group")
+    r.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    r.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    r.add_argument("--memory-budget", default="256MiB", metavar="SIZE")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    v = sub.add_parser("verify", help="error statistics of a compressed store against its input")
+    v.add_argument("input", metavar="IN", help="the original store")
+    v.add_argument("output", metavar="OUT", help="the compressed (or restored) store")
+    v.add_argument("--memory-budget", default="256MiB", metavar="SIZE")
+    v.add_argument("--json", action="store_true", help="print JSON")
+
     i = sub.add_parser("info", help="list the tensors of a store")
     i.add_argument("store", metavar="STORE", help="a Zarr v3 group")
     i.add_argument("--json", action="store_true", help="print JSON")
@@ -131,6 +194,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     print(result.summary())
     print("Error statistics (each stage against its input):")
     print(result.error_summary())
+    if result.stored_bytes is not None:
+        print(f"Stored: {result.stored_bytes} bytes on disk ({_fmt_bytes(result.stored_bytes)}), "
+              f"{result.bits_per_weight():.3f} bits per weight")
     if args.report:
         Path(args.report).write_text(json.dumps(
             {"input": args.input, "output": args.output, "pipeline": cfg.to_dict(), **result.to_dict()},
@@ -167,12 +233,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     group, sources = open_input(args.store)
     rows = []
     for s in sources:
-        arr = s.array
         try:
-            stored = int(arr.nbytes_stored())
+            stored = s.stored_bytes()
         except Exception:  # noqa: BLE001 - size is informative only
             stored = -1
-        rows.append({"name": s.meta.name, "shape": list(s.meta.shape), "dtype": s.logical_dtype,
+        rows.append({"name": s.meta.name, "shape": list(s.meta.shape), "dtype": s.display_dtype,
                      "chunks": list(s.chunks or ()), "params": s.meta.size, "stored_bytes": stored,
                      "complete": bool(s.attrs.get("streamcompress", {}).get("complete", False))})
     meta = group.attrs.get("streamcompress")
@@ -180,9 +245,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps({"tensors": rows, "streamcompress": meta}, indent=2))
         return 0
     width = max([len(r["name"]) for r in rows] + [4])
-    print(f"{'name':<{width}}  {'shape':<18} {'dtype':<9} {'chunks':<16} {'stored':>11}")
+    print(f"{'name':<{width}}  {'shape':<18} {'dtype':<16} {'chunks':<16} {'stored':>11}")
     for r in rows:
-        print(f"{r['name']:<{width}}  {str(tuple(r['shape'])):<18} {r['dtype']:<9} "
+        print(f"{r['name']:<{width}}  {str(tuple(r['shape'])):<18} {r['dtype']:<16} "
               f"{str(tuple(r['chunks'])):<16} {_fmt_bytes(r['stored_bytes']):>11}")
     total = sum(r["params"] for r in rows)
     stored = sum(max(r["stored_bytes"], 0) for r in rows)
@@ -194,7 +259,41 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"compress": _cmd_compress, "estimate": _cmd_estimate, "info": _cmd_info}
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from .engine import EngineOptions, restore
+
+    opts = EngineOptions(memory_budget=args.memory_budget, progress=not args.quiet and sys.stderr.isatty())
+    names = restore(args.input, args.output, dtype=args.dtype, overwrite=args.overwrite, options=opts)
+    print(f"restored {len(names)} tensors to {args.output} as {args.dtype}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .engine import EngineOptions, verify
+
+    res = verify(args.input, args.output, EngineOptions(memory_budget=args.memory_budget))
+
+    def row(s):
+        sq = s.sqnr_db()
+        return {"params": s.n_compared, "nonzero": s.nonzero_params_after, "mse": s.mse(),
+                "max_abs_err": s.max_abs_err, "sqnr_db": sq if math.isfinite(sq) else None}
+
+    if args.json:
+        print(json.dumps({"tensors": {n: row(s) for n, s in res.items() if n}, "total": row(res[""])},
+                         indent=2))
+        return 0
+    width = max([len(n) for n in res] + [5])
+    for n, s in list(res.items())[:-1] + [("total", res[""])]:
+        if n == "":
+            continue
+        r = row(s)
+        sq = "inf" if r["sqnr_db"] is None else f"{r['sqnr_db']:.2f}"
+        print(f"{n:<{width}}  mse={r['mse']:.6g} max_abs_err={r['max_abs_err']:.6g} sqnr={sq}dB")
+    return 0
+
+
+_COMMANDS = {"compress": _cmd_compress, "estimate": _cmd_estimate, "info": _cmd_info,
+             "restore": _cmd_restore, "verify": _cmd_verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import ConfigError, EmptyPipeline
+from .errors import ConfigError, EmptyPipeline, UnsupportedDtype
 from .layout import TensorMeta
-from .stages import Clip, Prune, PruningConfig, QuantizeInt8, Stage, stage_from_dict
+from .stages import Clip, Prune, PruningConfig, QuantizeInt8, Stage, name_matches, stage_from_dict
 
 __all__ = ["CompressionConfig", "is_embedding_layer", "load_config"]
 
@@ -41,6 +42,12 @@ class CompressionConfig:
 
     stages: tuple[Stage, ...] = field(default_factory=tuple)
     skip_embedding_layers: bool = False
+    #: tensors matching any of these (glob, or ``re:REGEX``) bypass every stage
+    ignore: tuple[str, ...] = ()
+    #: when given, only tensors matching one of these are processed
+    include: tuple[str, ...] = ()
+    #: 1-D (and 0-D) tensors (norms, biases) bypass every stage
+    skip_1d: bool = False
 
     def __post_init__(self) -> None:
         stages = tuple(self.stages)
@@ -50,6 +57,48 @@ class CompressionConfig:
         object.__setattr__(self, "stages", stages)
         if not isinstance(self.skip_embedding_layers, bool):
             raise ConfigError("skip_embedding_layers must be true or false")
+        for key in ("ignore", "include"):
+            pats = getattr(self, key)
+            if isinstance(pats, str):
+                pats = (pats,)
+            pats = tuple(str(p) for p in pats)
+            for p in pats:
+                if p.startswith("re:"):
+                    try:
+                        re.compile(p[3:])
+                    except re.error as e:
+                        raise ConfigError(f"bad regex in {key} pattern '{p}': {e}") from None
+            object.__setattr__(self, key, pats)
+        if not isinstance(self.skip_1d, bool):
+            raise ConfigError("skip_1d must be true or false")
+
+    def _replace(self, **kw: Any) -> CompressionConfig:
+        d = {k: getattr(self, k) for k in ("stages", "skip_embedding_layers", "ignore", "include", "skip_1d")}
+        d.update(kw)
+        return CompressionConfig(**d)
+
+    def selected_explicitly(self, name: str) -> bool:
+        return any(name_matches(p, name) for p in self.include)
+
+    def is_skipped(self, meta: TensorMeta) -> bool:
+        """True when the tensor bypasses every stage (copied unchanged).
+
+        The seed's embedding rule, ``ignore``, ``include``, ``skip_1d``, and
+        non-float tensors not named by ``include`` (those are an error).
+        """
+        if self.skip_embedding_layers and is_embedding_layer(meta.name):
+            return True
+        if any(name_matches(p, meta.name) for p in self.ignore):
+            return True
+        if self.include and not self.selected_explicitly(meta.name):
+            return True
+        if self.skip_1d and meta.ndim <= 1:
+            return True
+        if not meta.is_float:
+            if self.selected_explicitly(meta.name):
+                raise UnsupportedDtype(meta.name, meta.dtype)
+            return True
+        return False
 
     # -- the seed's constructors -----------------------------------------------
     @classmethod
@@ -57,7 +106,7 @@ class CompressionConfig:
         return cls()
 
     def add_stage(self, stage: Stage) -> CompressionConfig:
-        return CompressionConfig(self.stages + (stage,), self.skip_embedding_layers)
+        return self._replace(stages=self.stages + (stage,))
 
     @classmethod
     def prune_then_quantize(cls, sparsity: float) -> CompressionConfig:
@@ -86,7 +135,7 @@ class CompressionConfig:
         for s in self.stages:
             if isinstance(s, Clip):
                 s.validate()
-        skip = [self.skip_embedding_layers and is_embedding_layer(m.name) for m in metas]
+        skip = [self.is_skipped(m) for m in metas]
         for s in self.stages:
             for m, sk in zip(metas, skip):
                 if not sk:
@@ -106,16 +155,23 @@ class CompressionConfig:
 
     # -- round trip --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "stages": [s.to_dict() for s in self.stages],
             "skip_embedding_layers": self.skip_embedding_layers,
         }
+        if self.ignore:
+            d["ignore"] = list(self.ignore)
+        if self.include:
+            d["include"] = list(self.include)
+        if self.skip_1d:
+            d["skip_1d"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CompressionConfig:
         if not isinstance(d, dict):
             raise ConfigError("a pipeline config must be a table")
-        unknown = set(d) - {"stages", "skip_embedding_layers"}
+        unknown = set(d) - {"stages", "skip_embedding_layers", "ignore", "include", "skip_1d"}
         if unknown:
             raise ConfigError(f"unknown pipeline key(s): {', '.join(sorted(unknown))}")
         stages = d.get("stages", [])
@@ -124,6 +180,9 @@ class CompressionConfig:
         return cls(
             tuple(stage_from_dict(s) for s in stages),
             d.get("skip_embedding_layers", False),
+            tuple(d.get("ignore", ())),
+            tuple(d.get("include", ())),
+            d.get("skip_1d", False),
         )
 
 

@@ -25,6 +25,11 @@ class TensorMeta:
 
     name: str
     shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in ("float32", "float64", "float16", "bfloat16")
 
     @property
     def size(self) -> int:

@@ -82,6 +82,14 @@ class TensorSource:
     def read_raw(self, block: Block) -> np.ndarray:
         raise NotImplementedError
 
+    def stored_bytes(self) -> int:
+        """Bytes on disk (or in memory) of everything stored for this tensor."""
+        return stored_nbytes(self)
+
+    @property
+    def display_dtype(self) -> str:
+        return self.logical_dtype
+
     def read(self, block: Block) -> np.ndarray:
         """Flat float32 copy of the block, safe to modify."""
         return _widen(self.read_raw(block), self.logical_dtype)
@@ -97,8 +105,8 @@ class ArraySource(TensorSource):
     def __init__(self, name: str, array: Any) -> None:
         arr = np.asarray(array)
         self.array = arr
-        self.meta = TensorMeta(str(name), tuple(int(s) for s in arr.shape))
         self.logical_dtype = "bfloat16" if arr.dtype.name == "bfloat16" else arr.dtype.name
+        self.meta = TensorMeta(str(name), tuple(int(s) for s in arr.shape), self.logical_dtype)
         self.chunks = None
         self.attrs = {}
 
@@ -119,11 +127,11 @@ class ZarrSource(TensorSource):
 
     def __init__(self, name: str, array: Any) -> None:
         self.array = array
-        self.meta = TensorMeta(name, tuple(int(s) for s in array.shape))
         self.attrs = dict(array.attrs)
         logical = self.attrs.get(LOGICAL_DTYPE_ATTR)
         dt = np.dtype(array.dtype)
         self.logical_dtype = str(logical) if logical else dt.name
+        self.meta = TensorMeta(name, tuple(int(s) for s in array.shape), self.logical_dtype)
         shards = getattr(array, "shards", None)
         self.chunks = tuple(int(c) for c in (shards or array.chunks)) if array.ndim else ()
 
@@ -139,6 +147,9 @@ class ZarrSource(TensorSource):
         if self.meta.ndim == 0:
             return np.asarray(self.array[()])
         return np.asarray(self.array[block.region])
+
+    def stored_bytes(self) -> int:
+        return int(self.array.nbytes_stored())
 
 
 class QuantizedSource(TensorSource):
@@ -180,6 +191,14 @@ class QuantizedSource(TensorSource):
     @property
     def stored_itemsize(self) -> int:
         return 1
+
+    @property
+    def display_dtype(self) -> str:
+        return self.q["scheme"]
+
+    def stored_bytes(self) -> int:
+        parts = [self.codes, self.scale] + ([self.zero_point] if self.zero_point is not None else [])
+        return sum(int(a.nbytes_stored()) for a in parts)
 
     def _scales(self, block: Block) -> tuple[np.ndarray, np.ndarray]:
         """Scales and zero points of the units the block touches, in unit order."""

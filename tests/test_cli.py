@@ -25,7 +25,7 @@ def test_compress_prints_seed_summary_and_writes_output(tmp_path, store, capsys)
     src, tensors = store
     out = tmp_path / "out.zarr"
     rep = tmp_path / "r.json"
-    assert main(["compress", str(src), str(out), "--prune", "0.5", "--quantize", "int8",
+    assert main(["compress", str(src), str(out), "--prune", "0.5", "--quantize", "int8", "--simulate",
                  "--report", str(rep), "--quiet"]) == 0
     text = capsys.readouterr().out
     work, stats = ref_compress(tensors, [("prune", dict(sparsity=0.5)), ("quantize_int8",)])
@@ -59,10 +59,13 @@ def test_config_file(tmp_path, store, capsys):
 
 def test_estimate_and_info(tmp_path, store, capsys):
     src, tensors = store
-    assert main(["estimate", str(src), "--prune", "0.5", "--quantize", "int8", "--json"]) == 0
+    assert main(["estimate", str(src), "--prune", "0.5", "--quantize", "int8", "--simulate", "--json"]) == 0
     est = json.loads(capsys.readouterr().out)
     total = sum(4 * a.size for _, a in tensors)
-    assert est == {"tensors": 3, "bytes_before": total, "bytes_after": round(total * 0.25)}
+    assert est == {"tensors": 3, "bytes_before": total, "bytes_after": round(total * 0.25)}  # the seed's
+    assert main(["estimate", str(src), "--quantize", "int8:channel", "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)
+    assert est["bytes_after"] == sum(a.size + 4 * a.shape[0] for _, a in tensors if a.ndim == 2) + 10 + 4
     assert main(["info", str(src), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert [t["name"] for t in info["tensors"]] == [n for n, _ in tensors]
@@ -98,8 +101,8 @@ def _nan_store(tmp_path):
         (lambda t, s: ["compress", str(s), str(t / "o"), "--prune", "1.0"], "sparsity 1 must be in [0.0, 1.0)"),
         (lambda t, s: ["compress", str(s), str(t / "o"), "--clip", "0"], "invalid clip percentile 0"),
         (lambda t, s: ["compress", str(s), str(t / "o")], "empty pipeline: no stages"),
-        (lambda t, s: ["compress", str(_bad_dtype_store(t)), str(t / "o"), "--quantize", "int8"],
-         "tensor 'ids' has dtype int64"),
+        (lambda t, s: ["compress", str(_bad_dtype_store(t)), str(t / "o"), "--quantize", "int8",
+                       "--include", "ids"], "tensor 'ids' has dtype int64"),
         (lambda t, s: ["compress", str(_nan_store(t)), str(t / "o"), "--quantize", "int8"],
          "tensor 'w' block 0 (flat elements 0..15) holds 1 NaN/inf"),
         (lambda t, s: ["compress", str(s), str(t / "o"), "--memory-budget", "lots", "--quantize", "int8"],
@@ -140,7 +143,7 @@ def test_overwrite(tmp_path, store, capsys):
 def test_installed_entry_point_exit_codes(tmp_path, store):
     src, _ = store
     ok = subprocess.run([sys.executable, "-m", "streamcompress", "compress", str(src), str(tmp_path / "o"),
-                         "--prune", "0.5", "--quantize", "int8"], capture_output=True, text=True)
+                         "--prune", "0.5", "--quantize", "int8", "--simulate"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "Overall: tensors=3" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "streamcompress", "compress", str(src), str(tmp_path / "o"),
@@ -149,3 +152,43 @@ def test_installed_entry_point_exit_codes(tmp_path, store):
     assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
     usage = subprocess.run([sys.executable, "-m", "streamcompress", "compress"], capture_output=True, text=True)
     assert usage.returncode == 2
+
+
+def test_real_quantize_restore_verify(tmp_path, store, capsys):
+    src, tensors = store
+    out, back = tmp_path / "q.zarr", tmp_path / "back.zarr"
+    assert main(["compress", str(src), str(out), "--prune", "0.5", "--quantize", "int8:channel",
+                 "--tensor-type", "*norm=none", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "bits per weight" in text
+    g = zarr.open_group(str(out), mode="r")
+    assert g["layers.0.w"].dtype == np.int8 and g["layers.0.w_scale"].shape == (12, 1)
+    assert g["layers.0.norm"].dtype == np.float32
+    assert main(["restore", str(out), str(back), "--dtype", "bfloat16", "-q"]) == 0
+    b = zarr.open_group(str(back), mode="r")
+    assert b["layers.0.w"].dtype == np.uint16 and b["layers.0.w"].attrs["logical_dtype"] == "bfloat16"
+    capsys.readouterr()
+    assert main(["verify", str(src), str(out), "--json"]) == 0
+    v = json.loads(capsys.readouterr().out)
+    assert set(v["tensors"]) == {n for n, _ in tensors}
+    assert v["tensors"]["layers.0.norm"]["params"] == 10
+    assert v["total"]["sqnr_db"] > 0
+    assert main(["info", str(out)]) == 0
+    assert "layers.0.w_scale" not in capsys.readouterr().out  # companions are not tensors
+
+
+def test_selection_flags(tmp_path, store, capsys):
+    src, tensors = store
+    assert main(["compress", str(src), str(tmp_path / "a"), "--quantize", "int8", "--simulate",
+                 "--ignore", "re:^embed", "--skip-1d", "-q"]) == 0
+    assert "processed=1 skipped=2" in capsys.readouterr().out
+    assert main(["compress", str(src), str(tmp_path / "b"), "--quantize", "int8", "--simulate",
+                 "--include", "layers.*", "-q"]) == 0
+    assert "processed=2 skipped=1" in capsys.readouterr().out
+
+
+def test_int_tensor_copied_with_note(tmp_path, capsys, caplog):
+    src = _bad_dtype_store(tmp_path)
+    assert main(["compress", str(src), str(tmp_path / "o"), "--quantize", "int8", "-q"]) == 0
+    assert "not a float tensor" in caplog.text
+    assert (zarr.open_group(str(tmp_path / "o"), mode="r")["ids"][...] == np.arange(4)).all()

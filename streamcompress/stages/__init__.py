@@ -7,7 +7,7 @@ from .base import Stage, StageRunner
 from .clip import Clip
 from .prune import Granularity, Metric, Prune, PruningConfig
 from .quantize import Quantize, QuantizeInt8, name_matches
-from .schemes import QuantGranularity, QuantScheme, parse_scheme
+from .schemes import SCHEME_NAMES, QuantGranularity, QuantScheme, parse_scheme
 
 __all__ = [
     "Stage",
@@ -21,6 +21,7 @@ __all__ = [
     "QuantScheme",
     "QuantGranularity",
     "parse_scheme",
+    "SCHEME_NAMES",
     "name_matches",
     "Clip",
     "STAGES",

@@ -19,6 +19,7 @@ from .stages import (
     Granularity,
     Metric,
     Prune,
+    PruneNM,
     PruningConfig,
     Quantize,
     QuantizeInt8,
@@ -62,6 +63,8 @@ def _add_stage_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensor-type", metavar="PATTERN=SCHEME", action="append", default=[],
                    help="per-tensor scheme override (first match wins; SCHEME 'none' leaves it float); "
                         "PATTERN is a glob or re:REGEX")
+    g.add_argument("--prune-nm", metavar="N:M", type=_nm, action=_StageAction, const="prune_nm", dest="stages",
+                   help="N:M semi-structured pruning along the last axis, e.g. 2:4 (uses --metric l1|l2)")
     g.add_argument("--clip", metavar="P", type=_fraction, action=_StageAction, const="clip",
                    dest="stages", help="zero |w| at or below the P-th fraction of |w|, P in (0, 1]")
     g.add_argument("--metric", choices=[m.value for m in Metric], default="l1",
@@ -69,6 +72,8 @@ def _add_stage_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--granularity", choices=[m.value for m in Granularity], default="unstructured",
                    help="granularity of --prune (default unstructured)")
     g.add_argument("--min-nonzero", type=int, default=1, help="elements --prune always keeps (default 1)")
+    g.add_argument("--prune-scope", choices=["tensor", "global"], default="tensor",
+                   help="--prune threshold per tensor (default, the seed) or one for all selected tensors")
     g.add_argument("--seed", type=int, default=0, help="seed of --metric random (default 0)")
     g.add_argument("--skip-embeddings", action="store_true",
                    help="leave tensors whose name starts with 'embed' or 'token' unchanged")
@@ -78,6 +83,14 @@ def _add_stage_flags(p: argparse.ArgumentParser) -> None:
                    help="process only tensors matching PATTERN; repeatable")
     g.add_argument("--skip-1d", action="store_true", help="leave 1-D tensors (norms, biases) unchanged")
     g.add_argument("--config", metavar="FILE", help="JSON or TOML pipeline (instead of stage flags)")
+
+
+def _nm(text: str) -> tuple[int, int]:
+    try:
+        n, m = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N:M such as 2:4, got '{text}'") from None
+    return n, m
 
 
 def _scheme(text: str) -> str:
@@ -112,7 +125,9 @@ def _pipeline(args: argparse.Namespace) -> CompressionConfig:
     for kind, value in flags:
         if kind == "prune":
             stages.append(Prune(PruningConfig(value, args.metric, args.granularity,
-                                              args.min_nonzero, args.seed)))
+                                              args.min_nonzero, args.seed, args.prune_scope)))
+        elif kind == "prune_nm":
+            stages.append(PruneNM(value[0], value[1], args.metric))
         elif kind == "quantize":
             scheme = parse_scheme(value, args.scale_dtype)
             if args.simulate and scheme == parse_scheme("int8") and not args.tensor_type:

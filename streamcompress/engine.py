@@ -293,9 +293,11 @@ def compress_model(
     K.check_threading_layer()
 
     stages = config.stages
+    selected = [m for m, sk in zip(metas, skip) if not sk]
+    states = [s.run_state(selected) for s in stages]
     plans = [_plan(src, stages, sk, options) for src, sk in zip(sources, skip)]
     pipelines: list[TensorPipeline | None] = [
-        None if sk else TensorPipeline(stages, src.meta, blocks, options.nonfinite, options.save_masks)
+        None if sk else TensorPipeline(stages, src.meta, blocks, options.nonfinite, options.save_masks, states)
         for src, sk, blocks in zip(sources, skip, plans)
     ]
     _check_names(sources, pipelines)
@@ -306,7 +308,19 @@ def compress_model(
     tensor_stats: dict[str, dict[str, Any]] = {}
     io = _IO(options.prefetch)
     progress = _Progress(options.progress, total)
+
+    def sweeper(src: TensorSource, blocks: list[Block]):
+        per_elem = stored_nbytes(src) / max(src.meta.size, 1)
+        return lambda: io.blocks(src, blocks, lambda b: progress.update(int(b.size * per_elem)))
+
     try:
+        for gi, state in enumerate(states):
+            for p in range(state.n_passes if state is not None else 0):
+                for src, pipe, blocks in zip(sources, pipelines, plans):
+                    if pipe is not None:
+                        progress.describe(f"{stages[gi].name} pass {p + 1}: {src.meta.name}")
+                        pipe.global_pass(gi, p, sweeper(src, blocks))
+                state.end_pass(p)
         for src, sk, pipe, blocks in zip(sources, skip, pipelines, plans):
             name = src.meta.name
             progress.describe(name)
@@ -325,15 +339,11 @@ def compress_model(
                     sink.create(name + spec.suffix, spec.shape, spec.chunks, spec.dtype, attrs)
                 if pipe.want_mask:
                     sink.create(f"{MASK_GROUP}/{name}", src.meta.shape, chunks, "uint8", {})
-                per_elem = stored_nbytes(src) / max(src.meta.size, 1)
-
-                def sweep(src=src, blocks=blocks, per_elem=per_elem):
-                    return io.blocks(src, blocks, lambda b: progress.update(int(b.size * per_elem)))
 
                 def write(emissions, block, mask, name=name):
                     io.write(_write_block, sink, name, emissions, block, mask)
 
-                stats, infos = pipe.run(sweep, write)
+                stats, infos = pipe.run(sweeper(src, blocks), write)
                 io.flush()
             totals = [t.merge(s) for t, s in zip(totals, stats)]
             info = {

@@ -64,18 +64,23 @@ class TensorPipeline:
         blocks: list[Block],
         nonfinite: str = "error",
         want_mask: bool = False,
+        states: list | None = None,
     ) -> None:
         self.stages = stages
         self.meta = meta
         self.nonfinite = nonfinite
         self.want_mask = want_mask and any(isinstance(s, Prune) for s in stages)
-        self.runners = [s.runner(meta, blocks) for s in stages]
+        states = states or [None] * len(stages)
+        self.runners = [s.runner(meta, blocks, st) for s, st in zip(stages, states)]
+        self.global_passes = sum(st.n_passes for st in states if st is not None)
+        self._stats_done = [False] * len(stages)
+        self._checked = False
         self.encoding: Encoding = (self.runners[-1].encoding() if self.runners else None) or FloatEncoding(meta)
 
     @property
     def n_sweeps(self) -> int:
         """Reads of the whole tensor this pipeline needs."""
-        return sum(r.n_passes for r in self.runners) + 1
+        return sum(r.n_passes for r in self.runners) + self.global_passes + 1
 
     def _prepared(self, blocks: Iterable[tuple[Block, np.ndarray]], check: bool) -> Iterator:
         for block, x in blocks:
@@ -88,23 +93,39 @@ class TensorPipeline:
                     raise NonFiniteError(self.meta.name, bad, where)
             yield block, x
 
-    def run(self, sweep: Sweep, write: Writer) -> tuple[list[StageStats], list[dict[str, Any]]]:
-        """Stream the tensor ``n_sweeps`` times; return per-stage stats and infos."""
-        first = True
-        for i, runner in enumerate(self.runners):
+    def _observe_sweep(self, i: int, p: int, sweep: Sweep) -> None:
+        """One sweep feeding stage ``i``'s pass ``p`` with the output of stages before it."""
+        for r in self.runners[: i + 1]:
+            r.begin_sweep()
+        for block, x in self._prepared(sweep(), not self._checked):
+            for prev in self.runners[:i]:
+                prev.apply(block, x, None)
+            self.runners[i].observe(p, block, x)
+        self._checked = True
+
+    def stat_passes(self, upto: int, sweep: Sweep) -> None:
+        """Run the per-tensor statistic passes of stages ``< upto`` not run yet."""
+        for i in range(upto):
+            if self._stats_done[i]:
+                continue
+            runner = self.runners[i]
             for p in range(runner.n_passes):
-                for r in self.runners[: i + 1]:
-                    r.begin_sweep()
-                for block, x in self._prepared(sweep(), first):
-                    for prev in self.runners[:i]:
-                        prev.apply(block, x, None)
-                    runner.observe(p, block, x)
+                self._observe_sweep(i, p, sweep)
                 runner.end_pass(p)
-                first = False
+            self._stats_done[i] = True
+
+    def global_pass(self, i: int, p: int, sweep: Sweep) -> None:
+        """This tensor's share of global stage ``i``'s pass ``p`` (the engine ends the pass)."""
+        self.stat_passes(i, sweep)
+        self._observe_sweep(i, p, sweep)
+
+    def run(self, sweep: Sweep, write: Writer) -> tuple[list[StageStats], list[dict[str, Any]]]:
+        """Stream the tensor's remaining sweeps; return per-stage stats and infos."""
+        self.stat_passes(len(self.runners), sweep)
         for r in self.runners:
             r.begin_sweep()
         partial = [StageStats.empty(s.name) for s in self.stages]
-        for block, x in self._prepared(sweep(), first):
+        for block, x in self._prepared(sweep(), not self._checked):
             mask = np.ones(x.size, dtype=np.uint8) if self.want_mask else None
             for j, r in enumerate(self.runners):
                 before = x.copy()

@@ -275,3 +275,31 @@ def ref_quantize_scheme(x, name, granularity="tensor", group=32, scale_dtype="fl
         scales.append(used)
         zps.append(z)
     return codes.reshape(x.shape), np.array(scales, np.float32), np.array(zps, np.int64), deq.reshape(x.shape)
+
+
+def ref_global_prune(tensors, sparsity, metric="l1", min_nonzero=1):
+    """One stable sort over all tensors' scores, concatenated in order."""
+    from fractions import Fraction
+
+    flat = [np.asarray(a, np.float32).reshape(-1) for _, a in tensors]
+    scores = np.concatenate([element_scores(f, metric, 0) for f in flat]) if flat else np.zeros(0)
+    total = scores.size
+    k = min(math.floor(Fraction(repr(float(sparsity))) * total), total - min_nonzero)
+    cut = np.zeros(total, bool)
+    cut[np.argsort(scores, kind="stable")[:k]] = True
+    out, pos = [], 0
+    for (name, a), f in zip(tensors, flat):
+        o = f.copy()
+        o[cut[pos:pos + f.size]] = 0
+        out.append((name, o.reshape(np.shape(a))))
+        pos += f.size
+    return out, k
+
+
+def ref_prune_nm(x, n, m, metric="l1"):
+    x = np.asarray(x, np.float32)
+    g = x.reshape(-1, m).copy()
+    s = np.abs(g) if metric == "l1" else (g * g).astype(np.float32)
+    order = np.argsort(s, axis=1, kind="stable")[:, : m - n]
+    np.put_along_axis(g, order, 0.0, axis=1)
+    return g.reshape(x.shape)

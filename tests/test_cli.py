@@ -192,3 +192,16 @@ def test_int_tensor_copied_with_note(tmp_path, capsys, caplog):
     assert main(["compress", str(src), str(tmp_path / "o"), "--quantize", "int8", "-q"]) == 0
     assert "not a float tensor" in caplog.text
     assert (zarr.open_group(str(tmp_path / "o"), mode="r")["ids"][...] == np.arange(4)).all()
+
+
+def test_global_and_nm_flags(tmp_path, store, capsys):
+    src, tensors = store
+    assert main(["compress", str(src), str(tmp_path / "g"), "--prune", "0.5", "--prune-scope", "global",
+                 "--save-masks", "-q"]) == 0
+    g = zarr.open_group(str(tmp_path / "g"), mode="r")
+    total = sum(a.size for _, a in tensors)
+    assert sum(int((g[f"__masks__/{n}"][...] == 0).sum()) for n, _ in tensors) == total // 2
+    capsys.readouterr()
+    assert main(["compress", str(src), str(tmp_path / "nm"), "--prune-nm", "1:2", "--skip-1d", "-q"]) == 0
+    assert "[prune_nm] processed=2 skipped=1" in capsys.readouterr().out
+    assert main(["compress", str(src), str(tmp_path / "bad"), "--prune-nm", "2-4"]) == 2  # usage error

@@ -23,7 +23,13 @@ from .quant import (
     unpack_nibbles,
 )
 from .select import NBINS, hist16, locate_kth
-from .structured import accumulate_col_scores, accumulate_row_scores, apply_unit_mask
+from .structured import (
+    accumulate_col_scores,
+    accumulate_row_scores,
+    apply_unit_mask,
+    nm_violations,
+    prune_n_m,
+)
 
 __all__ = [
     "JIT",
@@ -54,4 +60,6 @@ __all__ = [
     "accumulate_col_scores",
     "accumulate_row_scores",
     "apply_unit_mask",
+    "nm_violations",
+    "prune_n_m",
 ]

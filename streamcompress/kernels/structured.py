@@ -13,7 +13,7 @@ from numba import prange
 
 from ._jit import PJIT
 
-__all__ = ["accumulate_row_scores", "accumulate_col_scores", "apply_unit_mask"]
+__all__ = ["accumulate_row_scores", "accumulate_col_scores", "apply_unit_mask", "prune_n_m", "nm_violations"]
 
 
 @numba.njit(**PJIT)
@@ -78,3 +78,44 @@ def apply_unit_mask(x, start, ncols, pruned_units, by_rows, mask, want_mask):
             x[i] = 0
         if want_mask:
             mask[i] = 0 if cut else 1
+
+
+@numba.njit(**PJIT)
+def prune_n_m(x, n_keep, m, squared, mask, want_mask):
+    """In each run of ``m`` consecutive elements, zero the ``m - n_keep`` lowest
+    scores (``|x|`` or ``x*x``), lower index first on ties; in place."""
+    groups = x.size // m
+    for gi in prange(groups):
+        base = gi * m
+        cut = np.zeros(m, dtype=np.uint8)
+        for _ in range(m - n_keep):
+            best = -1
+            best_s = np.float32(0.0)
+            for j in range(m):
+                if cut[j]:
+                    continue
+                v = x[base + j]
+                s = np.float32(v * v) if squared else abs(v)
+                if best < 0 or s < best_s:
+                    best = j
+                    best_s = s
+            cut[best] = 1
+        for j in range(m):
+            if cut[j]:
+                x[base + j] = 0
+            if want_mask:
+                mask[base + j] = 0 if cut[j] else 1
+
+
+@numba.njit(**PJIT)
+def nm_violations(x, n_keep, m):
+    """Number of ``m``-groups holding more than ``n_keep`` non-zeros."""
+    groups = x.size // m
+    bad = np.zeros(max(groups, 1), dtype=np.int64)
+    for gi in prange(groups):
+        c = 0
+        for j in range(m):
+            if x[gi * m + j] != 0:
+                c += 1
+        bad[gi] = 1 if c > n_keep else 0
+    return bad.sum()

@@ -5,7 +5,7 @@ from typing import Any
 from ..errors import ConfigError
 from .base import Stage, StageRunner
 from .clip import Clip
-from .prune import Granularity, Metric, Prune, PruningConfig
+from .prune import Granularity, Metric, Prune, PruneNM, PruningConfig
 from .quantize import Quantize, QuantizeInt8, name_matches
 from .schemes import SCHEME_NAMES, QuantGranularity, QuantScheme, parse_scheme
 
@@ -13,6 +13,7 @@ __all__ = [
     "Stage",
     "StageRunner",
     "Prune",
+    "PruneNM",
     "PruningConfig",
     "Metric",
     "Granularity",
@@ -31,6 +32,7 @@ __all__ = [
 #: Stage registry: name -> class (each has ``from_configuration``).
 STAGES: dict[str, Any] = {
     Prune.name: Prune,
+    PruneNM.name: PruneNM,
     QuantizeInt8.name: QuantizeInt8,
     Quantize.name: Quantize,
     Clip.name: Clip,

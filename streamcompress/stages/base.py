@@ -28,7 +28,7 @@ import numpy as np
 from ..kernels import hist16, locate_kth
 from ..layout import Block, TensorMeta
 
-__all__ = ["Stage", "StageRunner", "KthSelector", "IdentityRunner", "f32_floor_product", "ArraySpec",
+__all__ = ["Stage", "StageRunner", "GlobalState", "KthSelector", "IdentityRunner", "f32_floor_product", "ArraySpec",
            "Encoding", "FloatEncoding"]
 
 
@@ -154,6 +154,15 @@ class KthSelector:
             self._hist = None  # 512 KiB per selector: free it once the threshold is known
 
 
+class GlobalState(ABC):
+    """Cross-tensor statistic of one run (e.g. global pruning's histograms)."""
+
+    n_passes: int = 0
+
+    def end_pass(self, pass_index: int) -> None:  # noqa: B027 - optional hook
+        """Derive what the next pass (or the apply sweeps) need."""
+
+
 class Stage(ABC):
     """A pipeline stage: a frozen config that makes per-tensor runners."""
 
@@ -166,8 +175,20 @@ class Stage(ABC):
         """Raise the seed's per-tensor error for ``meta``, if any."""
 
     @abstractmethod
-    def runner(self, meta: TensorMeta, blocks: list[Block]) -> StageRunner:
-        """A fresh runner for one tensor (cheap: big buffers come with the passes)."""
+    def runner(self, meta: TensorMeta, blocks: list[Block], state: Any = None) -> StageRunner:
+        """A fresh runner for one tensor (cheap: big buffers come with the passes).
+
+        ``state`` is this run's :meth:`run_state` (global stages only).
+        """
+
+    def run_state(self, metas: list[TensorMeta]) -> GlobalState | None:
+        """Shared state of one run for a stage whose statistic spans all tensors.
+
+        The engine sweeps every selected tensor ``n_passes`` times through the
+        per-tensor runners' ``observe``, calling ``end_pass`` in between, before
+        the per-tensor work. ``None`` (default): the stage is per tensor.
+        """
+        return None
 
     def memory_after(self, meta: TensorMeta, memory_before: int) -> int:
         """Theoretical bytes after this stage (the seed's ``memory_after_bytes``)."""

@@ -39,7 +39,7 @@ class Clip(Stage):
         idx = max(math.ceil(float(v)) - 1, 0)
         return min(idx, n - 1) + 1
 
-    def runner(self, meta: TensorMeta, blocks: list[Block]) -> StageRunner:
+    def runner(self, meta: TensorMeta, blocks: list[Block], state: Any = None) -> StageRunner:
         if meta.size == 0:
             return IdentityRunner()
         return _ClipRunner(self.rank(meta.size))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -20,9 +21,9 @@ from ..errors import (
 )
 from ..layout import Block, TensorMeta
 from ._parse import parse_count, parse_enum, parse_real
-from .base import IdentityRunner, KthSelector, Stage, StageRunner, f32_floor_product
+from .base import GlobalState, IdentityRunner, KthSelector, Stage, StageRunner, f32_floor_product
 
-__all__ = ["Metric", "Granularity", "PruningConfig", "Prune"]
+__all__ = ["Metric", "Granularity", "PruningConfig", "Prune", "PruneNM"]
 
 
 class Metric(str, Enum):
@@ -63,6 +64,8 @@ class PruningConfig:
     granularity: Granularity = Granularity.UNSTRUCTURED
     min_nonzero: int = 1
     seed: int = 0
+    #: ``"tensor"`` (the seed) or ``"global"``: one threshold over all selected tensors
+    scope: str = "tensor"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sparsity", parse_real(self.sparsity, "sparsity"))
@@ -72,6 +75,10 @@ class PruningConfig:
         )
         object.__setattr__(self, "min_nonzero", parse_count(self.min_nonzero, "min_nonzero"))
         object.__setattr__(self, "seed", parse_count(self.seed, "seed", 1 << 64))
+        if self.scope not in ("tensor", "global"):
+            raise ConfigError(f"pruning scope must be 'tensor' or 'global', got '{self.scope}'")
+        if self.scope == "global" and self.granularity is not Granularity.UNSTRUCTURED:
+            raise ConfigError("global pruning is unstructured")
 
     @classmethod
     def unstructured_l1(cls, sparsity: float) -> PruningConfig:
@@ -105,6 +112,8 @@ class Prune(Stage):
         """The seed's per-tensor checks, in the seed's order."""
         cfg = self.config
         cfg.validate()
+        if cfg.scope == "global":
+            return  # empty tensors just contribute nothing; min_nonzero is model-wide
         n = meta.size
         if n == 0:
             raise EmptyTensor(meta.name)
@@ -126,8 +135,15 @@ class Prune(Stage):
         cap = max(units - math.ceil(cfg.min_nonzero / unit_size), 0)
         return min(k, cap), units
 
-    def runner(self, meta: TensorMeta, blocks: list[Block]) -> StageRunner:
+    def run_state(self, metas: list[TensorMeta]) -> _GlobalPruneState | None:
+        if self.config.scope != "global":
+            return None
+        return _GlobalPruneState(self.config, metas)
+
+    def runner(self, meta: TensorMeta, blocks: list[Block], state: Any = None) -> StageRunner:
         self.check_tensor(meta)
+        if state is not None:
+            return _GlobalRunner(self.config, state)
         k, units = self.prune_count(meta)
         if k == 0:
             return IdentityRunner(pruned_units=0, units=units)
@@ -145,6 +161,7 @@ class Prune(Stage):
                 "granularity": c.granularity.value,
                 "min_nonzero": c.min_nonzero,
                 "seed": c.seed,
+                **({"scope": c.scope} if c.scope != "tensor" else {}),
             },
         }
 
@@ -198,6 +215,64 @@ class _UnstructuredRunner(StageRunner):
         return {"pruned_units": self.k, "threshold_bits": self.sel.threshold}
 
 
+class _GlobalPruneState(GlobalState):
+    """k = floor(s * total) over all selected tensors (exact decimal product),
+    capped at total - min_nonzero; ties: earlier tensor, then lower flat index."""
+
+    def __init__(self, cfg: PruningConfig, metas: list[TensorMeta]) -> None:
+        total = sum(m.size for m in metas)
+        if cfg.min_nonzero > total:
+            raise BelowMinNonzero(cfg.min_nonzero, total, "all selected tensors")
+        k = math.floor(Fraction(repr(float(cfg.sparsity))) * total)
+        self.total = total
+        self.k = min(k, total - cfg.min_nonzero)
+        self.sel = KthSelector(self.k) if self.k else None
+        self.n_passes = 2 if self.k else 0
+        self.ready = self.k == 0
+        self.ties_seen = 0
+
+    def end_pass(self, pass_index: int) -> None:
+        self.sel.end_pass(pass_index)
+        self.ready = pass_index == 1
+
+
+class _GlobalRunner(StageRunner):
+    n_passes = 0  # the statistic is the run's (see _GlobalPruneState)
+
+    def __init__(self, cfg: PruningConfig, state: _GlobalPruneState) -> None:
+        self.cfg = cfg
+        self.st = state
+        self.base: int | None = None
+        self.local = 0
+
+    def observe(self, pass_index: int, block: Block, x: np.ndarray) -> None:
+        self.st.sel.observe(pass_index, score_keys(self.cfg.metric, self.cfg.seed, block, x))
+
+    def begin_sweep(self) -> None:
+        # Tensors are swept in model order and each finishes before the next
+        # starts, so the run's tie count when this tensor is first swept after
+        # the threshold is known is the number of ties in earlier tensors.
+        if self.st.ready and self.base is None:
+            self.base = self.st.ties_seen
+        self.local = 0
+
+    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
+        if self.st.k == 0:
+            return
+        keys = score_keys(self.cfg.metric, self.cfg.seed, block, x)
+        ties_left = self.st.k - self.st.sel.below - self.base - self.local
+        local = np.ones(x.size, dtype=np.uint8) if mask is not None else np.zeros(0, np.uint8)
+        self.local += K.prune_threshold(x, keys, np.uint32(self.st.sel.threshold), ties_left, local,
+                                        mask is not None)
+        self.st.ties_seen = self.base + self.local
+        if mask is not None:
+            mask &= local
+
+    def info(self) -> dict[str, Any]:
+        return {"scope": "global", "model_pruned": self.st.k, "threshold_bits": self.st.sel.threshold
+                if self.st.sel else None}
+
+
 class _StructuredRunner(StageRunner):
     def __init__(self, cfg: PruningConfig, meta: TensorMeta, k: int, units: int) -> None:
         self.cfg = cfg
@@ -241,3 +316,64 @@ class _StructuredRunner(StageRunner):
 
     def info(self) -> dict[str, Any]:
         return {"pruned_units": self.k, "units": self.units}
+
+
+@dataclass(frozen=True)
+class PruneNM(Stage):
+    """N:M semi-structured pruning along the last axis (2:4 by default).
+
+    In every run of ``m`` consecutive elements of a row, the ``m - n`` lowest
+    scores are zeroed (ties: lower index first), so each group keeps at most
+    ``n`` non-zeros. The last axis must be a multiple of ``m``.
+    """
+
+    n: int = 2
+    m: int = 4
+    metric: Metric = Metric.L1
+    name: ClassVar[str] = "prune_nm"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n", parse_count(self.n, "n"))
+        object.__setattr__(self, "m", parse_count(self.m, "m"))
+        if not (0 < self.m <= 64) or self.n > self.m:
+            raise ConfigError(f"N:M needs 0 <= N <= M <= 64, got {self.n}:{self.m}")
+        metric = parse_enum(Metric, self.metric, "metric")
+        if metric is Metric.RANDOM:
+            raise ConfigError("N:M pruning supports the l1, l2 and taylor metrics")
+        object.__setattr__(self, "metric", metric)
+
+    def check_tensor(self, meta: TensorMeta) -> None:
+        if meta.size == 0:
+            raise EmptyTensor(meta.name)
+        last = meta.shape[-1] if meta.shape else 1
+        if last % self.m:
+            raise ConfigError(f"{self.n}:{self.m} pruning needs the last axis of '{meta.name}' "
+                              f"(size {last}) to be a multiple of {self.m}; --ignore it or pick another M")
+
+    def block_multiple(self, meta: TensorMeta) -> int:
+        return self.m
+
+    def runner(self, meta: TensorMeta, blocks: list[Block], state: Any = None) -> StageRunner:
+        self.check_tensor(meta)
+        return _NMRunner(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "configuration": {"n": self.n, "m": self.m, "metric": self.metric.value}}
+
+    @classmethod
+    def from_configuration(cls, conf: dict[str, Any]) -> PruneNM:
+        return cls(**conf)
+
+
+class _NMRunner(StageRunner):
+    def __init__(self, stage: PruneNM) -> None:
+        self.st = stage
+
+    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
+        local = np.ones(x.size, dtype=np.uint8) if mask is not None else np.zeros(0, np.uint8)
+        K.prune_n_m(x, self.st.n, self.st.m, self.st.metric is not Metric.L1, local, mask is not None)
+        if mask is not None:
+            mask &= local
+
+    def info(self) -> dict[str, Any]:
+        return {"pattern": f"{self.st.n}:{self.st.m}"}

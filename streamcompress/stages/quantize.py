@@ -32,7 +32,7 @@ class QuantizeInt8(Stage):
     name: ClassVar[str] = "quantize_int8"
     size_factor: ClassVar[float] = 0.25
 
-    def runner(self, meta: TensorMeta, blocks: list[Block]) -> StageRunner:
+    def runner(self, meta: TensorMeta, blocks: list[Block], state: Any = None) -> StageRunner:
         return _QuantizeRunner()
 
     def memory_after(self, meta: TensorMeta, memory_before: int) -> int:
@@ -130,7 +130,7 @@ class Quantize(Stage):
                 return sch
         return self.scheme
 
-    def runner(self, meta: TensorMeta, blocks: list[Block]) -> StageRunner:
+    def runner(self, meta: TensorMeta, blocks: list[Block], state: Any = None) -> StageRunner:
         from .base import IdentityRunner
 
         sch = self.scheme_for(meta.name)

@@ -204,4 +204,6 @@ def test_global_and_nm_flags(tmp_path, store, capsys):
     capsys.readouterr()
     assert main(["compress", str(src), str(tmp_path / "nm"), "--prune-nm", "1:2", "--skip-1d", "-q"]) == 0
     assert "[prune_nm] processed=2 skipped=1" in capsys.readouterr().out
-    assert main(["compress", str(src), str(tmp_path / "bad"), "--prune-nm", "2-4"]) == 2  # usage error
+    with pytest.raises(SystemExit) as ex:  # usage error
+        main(["compress", str(src), str(tmp_path / "bad"), "--prune-nm", "2-4"])
+    assert ex.value.code == 2

@@ -154,12 +154,12 @@ class KthSelector:
             self._hist = None  # 512 KiB per selector: free it once the threshold is known
 
 
-class GlobalState(ABC):
+class GlobalState:
     """Cross-tensor statistic of one run (e.g. global pruning's histograms)."""
 
     n_passes: int = 0
 
-    def end_pass(self, pass_index: int) -> None:  # noqa: B027 - optional hook
+    def end_pass(self, pass_index: int) -> None:
         """Derive what the next pass (or the apply sweeps) need."""
 
 

@@ -47,7 +47,7 @@ log = logging.getLogger("streamcompress")
 #: Measured bytes of peak RSS per block element (scripts/peak_memory.py), for sizing blocks:
 #: read-ahead block, working block, per-stage copy, score keys, write-behind
 #: block, raw read buffer and zarr's decoded chunks.
-_BYTES_PER_ELEMENT = 64
+_BYTES_PER_ELEMENT = 80
 
 
 def parse_size(text: str | int) -> int:

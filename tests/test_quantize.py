@@ -115,18 +115,16 @@ def test_overrides_pick_scheme_per_tensor(rng):
 
 
 def read_with_format_md(group, name):
-    """The FORMAT.md reader: dequantize from the arrays and attributes alone."""
-    q = group[name].attrs["quantization"]
-    codes = group[name][...]
-    scale = group[name + q["scale"]][...].astype(np.float32)
-    zp = group[name + q["zero_point"]][...].astype(np.int32) if q["zero_point"] else 0
-    if q["packed"]:
-        codes = np.stack([codes & 15, codes >> 4], axis=-1).reshape(*codes.shape[:-1], -1)[..., : q["shape"][-1]]
-        codes = codes.astype(np.int32) - (8 if q["symmetric"] else 0)
-    if q["granularity"] == "group":
-        scale = np.repeat(scale, q["group_size"], axis=-1)[..., : q["shape"][-1]]
-        zp = np.repeat(zp, q["group_size"], axis=-1)[..., : q["shape"][-1]] if q["zero_point"] else 0
-    return ((codes.astype(np.int32) - zp).astype(np.float32) * scale).astype(np.float32).reshape(q["shape"])
+    """Run the ten-line reader exactly as FORMAT.md prints it."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "FORMAT.md").read_text()
+    section = text.split("## A reader in ten lines of numpy", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    assert len([ln for ln in code.strip().splitlines() if ln.strip()]) <= 12
+    ns: dict = {}
+    exec(code, ns)  # noqa: S102 - the documented reader
+    return ns["read"](group, name)
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int8:channel", "int8_asym:group:32", "int4:group:16",

@@ -169,6 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage_flags(e)
     e.add_argument("--json", action="store_true", help="print JSON")
 
+    im = sub.add_parser("import", help="copy a safetensors checkpoint (file, sharded dir) or .npz into Zarr")
+    im.add_argument("input", metavar="SRC", help=".safetensors file, directory with model.safetensors.index.json, "
+                                                  "or .npz")
+    im.add_argument("output", metavar="STORE", help="new Zarr v3 group")
+    im.add_argument("--overwrite", action="store_true", help="replace STORE if it exists")
+    im.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    ex = sub.add_parser("export", help="write a store as safetensors shards (dense or compressed-tensors)")
+    ex.add_argument("input", metavar="STORE", help="a Zarr v3 group (compressed or not)")
+    ex.add_argument("output", metavar="DEST", help="new directory")
+    ex.add_argument("--dtype", choices=["keep", "float32", "float16", "bfloat16"], default="keep",
+                    help="dtype of dense tensors (keep: as stored; quantized ones become float32)")
+    ex.add_argument("--format", choices=["dense", "compressed-tensors"], default="dense", dest="fmt",
+                    help="compressed-tensors: int8 codes + weight_scale (+ weight_zero_point) and a "
+                         "quantization_config in config.json")
+    ex.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest shard (default 5GB)")
+    ex.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    ex.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
     r = sub.add_parser("restore", help="write dense float tensors back from a compressed store")
     r.add_argument("input", metavar="STORE", help="a (compressed) Zarr v3 group")
     r.add_argument("output", metavar="DEST", help="new Zarr v3 group")
@@ -243,9 +262,14 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .safetensors_io import is_safetensors_input, scan_checkpoint
     from .store import open_input
 
-    group, sources = open_input(args.store)
+    if is_safetensors_input(args.store):
+        sources, facts = scan_checkpoint(args.store)
+        group = None
+    else:
+        group, sources = open_input(args.store)
     rows = []
     for s in sources:
         try:
@@ -255,7 +279,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         rows.append({"name": s.meta.name, "shape": list(s.meta.shape), "dtype": s.display_dtype,
                      "chunks": list(s.chunks or ()), "params": s.meta.size, "stored_bytes": stored,
                      "complete": bool(s.attrs.get("streamcompress", {}).get("complete", False))})
-    meta = group.attrs.get("streamcompress")
+    meta = group.attrs.get("streamcompress") if group is not None else None
     if args.json:
         print(json.dumps({"tensors": rows, "streamcompress": meta}, indent=2))
         return 0
@@ -271,6 +295,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
         res = meta["result"]
         print(f"compressed by streamcompress: sparsity={res['overall_sparsity']:.4f} "
               f"ratio={res['total_compression_ratio']:.3f}x")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from .convert import import_checkpoint
+    from .engine import EngineOptions
+
+    opts = EngineOptions(progress=not args.quiet and sys.stderr.isatty())
+    names = import_checkpoint(args.input, args.output, overwrite=args.overwrite, options=opts)
+    print(f"imported {len(names)} tensors into {args.output}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .convert import export_checkpoint
+    from .engine import EngineOptions, parse_size
+
+    opts = EngineOptions(progress=not args.quiet and sys.stderr.isatty())
+    paths = export_checkpoint(args.input, args.output, dtype=args.dtype, fmt=args.fmt,
+                              max_shard_size=parse_size(args.max_shard_size), overwrite=args.overwrite,
+                              options=opts)
+    print(f"exported {len(paths)} shard(s) to {args.output} ({args.fmt})")
     return 0
 
 
@@ -308,7 +354,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"compress": _cmd_compress, "estimate": _cmd_estimate, "info": _cmd_info,
-             "restore": _cmd_restore, "verify": _cmd_verify}
+             "restore": _cmd_restore, "verify": _cmd_verify, "import": _cmd_import, "export": _cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

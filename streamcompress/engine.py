@@ -21,10 +21,11 @@ import numpy as np
 
 from . import kernels as K
 from .config import CompressionConfig
-from .errors import ConfigError, EmptyModel, InvalidStore, UnsupportedDtype
+from .errors import ConfigError, EmptyModel, InvalidStore
 from .layout import Block, TensorMeta, output_chunks, plan_blocks
 from .pipeline import NONFINITE_POLICIES, TensorPipeline, skipped_stats
 from .result import CompressionResult, WeightTensor
+from .safetensors_io import AUX_DIR, copy_aux, is_safetensors_input, scan_checkpoint
 from .stats import StageStats
 from .store import (
     CODECS,
@@ -191,6 +192,8 @@ def load_sources(tensors: Any) -> list[TensorSource]:
     if isinstance(tensors, list) and tensors and all(isinstance(t, TensorSource) for t in tensors):
         return tensors
     if isinstance(tensors, (str, os.PathLike)):
+        if is_safetensors_input(tensors):
+            return scan_checkpoint(tensors)[0]  # import on the fly
         return open_input(tensors)[1]
     if hasattr(tensors, "members") and hasattr(tensors, "attrs"):
         from .store import ZarrSource
@@ -372,6 +375,8 @@ def compress_model(
     )
     if isinstance(sink, ZarrSink):
         result.stored_bytes = sum(t["stored_bytes"] for t in tensor_stats.values())
+        if isinstance(tensors, (str, os.PathLike)):
+            copy_aux(tensors, Path(output) / AUX_DIR)  # config.json, tokenizer files, ...
     sink.finish({
         TENSOR_ORDER_ATTR: names,
         "streamcompress": {
@@ -462,9 +467,6 @@ def restore(
     if Path(output).resolve() == Path(input).resolve():
         raise InvalidStore("output must differ from the input store")
     sources = open_input(input)[1]
-    for src in sources:
-        if not src.is_float:
-            raise UnsupportedDtype(src.meta.name, src.logical_dtype)
     sink = ZarrSink(output, overwrite=overwrite, codec=options.codec)
     io = _IO(options.prefetch)
     progress = _Progress(options.progress, sum(stored_nbytes(s) for s in sources))
@@ -473,6 +475,11 @@ def restore(
         for src in sources:
             blocks = plan_blocks(src.meta.shape, options.max_block_elems, src.chunks, src.block_multiple)
             chunks = output_chunks(src.meta.shape, blocks, src.chunks)
+            if not src.is_float:  # integer / bool tensors: copied unchanged
+                sink.create(src.meta.name, src.meta.shape, chunks, src.raw_dtype, dict(src.attrs))
+                _copy_skipped(src, blocks, io, progress, sink, src.meta.name)
+                io.flush()
+                continue
             attrs = {LOGICAL_DTYPE_ATTR: "bfloat16"} if dtype == "bfloat16" else {}
             sink.create(src.meta.name, src.meta.shape, chunks, stored, attrs)
             per_elem = stored_nbytes(src) / max(src.meta.size, 1)
@@ -491,40 +498,40 @@ def verify(
     reference: str | os.PathLike, candidate: str | os.PathLike, options: EngineOptions | None = None
 ) -> dict[str, StageStats]:
     """Error statistics of ``candidate`` against ``reference``, tensor by tensor,
-    streaming both (quantized tensors are dequantized on the fly).
+    streaming both (quantized tensors are dequantized on the fly; either may be
+    a Zarr store or a safetensors checkpoint; integer tensors compare exactly).
 
     Returns ``{name: StageStats}`` (``sum_sq_err``, ``max_abs_err``,
     ``sum_sq_signal``, ``n_compared``, ``nonzero_params_after`` of the candidate)
     plus the total under the key ``""``.
     """
     options = options or EngineOptions()
-    ref = {s.meta.name: s for s in open_input(reference)[1]}
-    cand = {s.meta.name: s for s in open_input(candidate)[1]}
+    ref = {s.meta.name: s for s in load_sources(reference)}
+    cand = {s.meta.name: s for s in load_sources(candidate)}
     if sorted(ref) != sorted(cand):
         missing = sorted(set(ref) ^ set(cand))
         raise InvalidStore(f"the stores hold different tensors: {', '.join(missing[:5])}")
     out: dict[str, StageStats] = {}
     total = StageStats.empty("verify")
-    io = _IO(options.prefetch)
-    try:
-        for name, a in ref.items():
-            b = cand[name]
-            if a.meta.shape != b.meta.shape:
-                raise InvalidStore(f"tensor '{name}' has shape {a.meta.shape} vs {b.meta.shape}")
-            if not (a.is_float and b.is_float):
-                raise UnsupportedDtype(name, a.logical_dtype if not a.is_float else b.logical_dtype)
-            blocks = plan_blocks(a.meta.shape, options.max_block_elems, a.chunks,
-                                 math.lcm(a.block_multiple, b.block_multiple))
-            st = StageStats.empty("verify")
-            for blk, x in io.blocks(a, blocks, lambda _b: None):
-                y = b.read(blk)
-                nz, sse, mx, sig = K.diff_stats(x, y)
-                st = st.merge(StageStats(nonzero_params_after=int(nz), sum_sq_err=float(sse),
-                                         max_abs_err=float(mx), sum_sq_signal=float(sig),
-                                         n_compared=int(x.size), params_before=int(x.size)))
-            out[name] = st.with_counts(stage_name="verify", tensors_processed=1)
-            total = total.merge(out[name])
-    finally:
-        io.close()
+    for name, a in ref.items():
+        b = cand[name]
+        if a.meta.shape != b.meta.shape:
+            raise InvalidStore(f"tensor '{name}' has shape {a.meta.shape} vs {b.meta.shape}")
+        exact = not (a.is_float and b.is_float)  # integer tensors: compared as float64
+        blocks = plan_blocks(a.meta.shape, options.max_block_elems, a.chunks,
+                             math.lcm(a.block_multiple, b.block_multiple))
+        st = StageStats.empty("verify")
+        for blk in blocks:
+            if exact:
+                x = np.asarray(a.read_raw(blk), np.float64).reshape(-1)
+                y = np.asarray(b.read_raw(blk), np.float64).reshape(-1)
+            else:
+                x, y = a.read(blk), b.read(blk)
+            nz, sse, mx, sig = K.diff_stats(x, y)
+            st = st.merge(StageStats(nonzero_params_after=int(nz), sum_sq_err=float(sse),
+                                     max_abs_err=float(mx), sum_sq_signal=float(sig),
+                                     n_compared=int(x.size), params_before=int(x.size)))
+        out[name] = st.with_counts(stage_name="verify", tensors_processed=1)
+        total = total.merge(out[name])
     out[""] = total
     return out

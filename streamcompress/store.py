@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -288,7 +289,11 @@ def open_input(path: str | os.PathLike) -> tuple[Any, list[ZarrSource]]:
     if getattr(group.metadata, "zarr_format", 3) != 3:
         raise InvalidStore(f"'{path}' is a Zarr v{group.metadata.zarr_format} group; v3 is needed")
     arrays = {}
-    for name, node in group.members(max_depth=None):
+    with warnings.catch_warnings():
+        # __aux__ (config.json, tokenizer files kept with the store) is not Zarr
+        warnings.filterwarnings("ignore", message=r"Object at __aux__ is not recognized")
+        members = list(group.members(max_depth=None))
+    for name, node in members:
         if hasattr(node, "shape") and not name.startswith("__"):
             arrays[name] = node
     companions = set()

@@ -23,8 +23,10 @@ from .errors import (
     InvalidStore,
     NonFiniteError,
     NotTwoDimensional,
+    OutputError,
     OutputExists,
     PruningError,
+    ResumeMismatch,
     StoreNotFound,
     StreamCompressError,
     UnsupportedDtype,
@@ -89,12 +91,14 @@ __all__ = [
     "StoreNotFound",
     "InvalidStore",
     "OutputExists",
+    "OutputError",
+    "ResumeMismatch",
 ]
 
 
-def compress_store(input, output, config, *, overwrite=False, options=None):
-    """Compress the Zarr group at ``input`` into a new Zarr group at ``output``."""
-    return compress_model(input, config, output=output, overwrite=overwrite, options=options)
+def compress_store(input, output, config, *, overwrite=False, resume=False, options=None):
+    """Compress the Zarr group (or safetensors checkpoint) at ``input`` into a Zarr group at ``output``."""
+    return compress_model(input, config, output=output, overwrite=overwrite, resume=resume, options=options)
 
 
 def prune_tensor(array, config, name="tensor", options=None):

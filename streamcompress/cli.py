@@ -155,10 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("output", metavar="OUT", help="output Zarr v3 group (must not exist)")
     _add_stage_flags(c)
     c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run into OUT: keep tensors marked complete, redo the rest "
+                        "(refused if the input or the pipeline changed)")
     c.add_argument("--memory-budget", default="256MiB", metavar="SIZE",
                    help="working memory to aim for, e.g. 256MiB, 2GiB (default 256MiB)")
-    c.add_argument("--nonfinite", choices=["error", "zero"], default="error",
-                   help="NaN/inf in a processed tensor: error (default) or read as 0")
+    c.add_argument("--nonfinite", choices=["error", "zero", "keep"], default="error",
+                   help="NaN/inf in a processed tensor: error (default), read as 0, or keep (the seed's "
+                        "behaviour: NaN quantizes to 0, inf makes the tensor NaN)")
     c.add_argument("--codec", choices=["zstd", "none"], default="zstd", help="output codec (default zstd)")
     c.add_argument("--save-masks", action="store_true", help="also write prune masks (__masks__/NAME)")
     c.add_argument("--report", metavar="FILE", help="write the JSON report to FILE")
@@ -224,7 +228,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     progress = not args.quiet and sys.stderr.isatty()
     opts = EngineOptions(memory_budget=args.memory_budget, nonfinite=args.nonfinite, save_masks=args.save_masks,
                          codec=args.codec, progress=progress)
-    result = compress_model(args.input, cfg, output=args.output, overwrite=args.overwrite, options=opts)
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    result = compress_model(args.input, cfg, output=args.output, overwrite=args.overwrite, resume=args.resume,
+                            options=opts)
     print(result.summary())
     print("Error statistics (each stage against its input):")
     print(result.error_summary())
@@ -357,20 +364,44 @@ _COMMANDS = {"compress": _cmd_compress, "estimate": _cmd_estimate, "info": _cmd_
              "restore": _cmd_restore, "verify": _cmd_verify, "import": _cmd_import, "export": _cmd_export}
 
 
+def _on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
+    """First SIGINT/SIGTERM: stop after the block in hand; a second one stops at once."""
+    import signal
+
+    from .engine import request_stop
+
+    request_stop(signum)
+    signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    """Entry point; returns the exit code (0 ok, 1 error, 2 usage, 130 SIGINT, 143 SIGTERM)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    import signal
+    import threading
+
+    from .engine import clear_stop
+
+    clear_stop()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
     try:
         return _COMMANDS[args.command](args)
     except StreamCompressError as e:
         print(f"streamcompress: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("streamcompress: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        term = getattr(e, "signum", None) == signal.SIGTERM
+        hint = ""
+        if args.command == "compress":
+            hint = ("; tensors finished so far are kept: rerun the same command with --resume "
+                    "(without --overwrite) to continue")
+        print(f"streamcompress: {'terminated' if term else 'interrupted'}{hint}", file=sys.stderr)
+        return 143 if term else 130
     except OSError as e:
         print(f"streamcompress: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "),
               file=sys.stderr)

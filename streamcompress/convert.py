@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .engine import EngineOptions, _IO, _Progress, _to_dtype
+from .engine import _IO, EngineOptions, _Progress, _to_dtype, check_stop
 from .errors import ConfigError, OutputExists
 from .layout import Block, output_chunks, plan_blocks
 from .safetensors_io import (
@@ -46,6 +46,7 @@ EXPORT_FORMATS = ("dense", "compressed-tensors")
 
 def _stream_raw(src: TensorSource, blocks: list[Block], io: _IO, progress: _Progress) -> Iterator:
     for b in blocks:
+        check_stop()
         raw = np.ascontiguousarray(src.read_raw(b))
         progress.update(raw.nbytes)
         yield b, raw

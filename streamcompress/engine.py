@@ -21,7 +21,7 @@ import numpy as np
 
 from . import kernels as K
 from .config import CompressionConfig
-from .errors import ConfigError, EmptyModel, InvalidStore
+from .errors import ConfigError, EmptyModel, InvalidStore, ResumeMismatch
 from .layout import Block, TensorMeta, output_chunks, plan_blocks
 from .pipeline import NONFINITE_POLICIES, TensorPipeline, skipped_stats
 from .result import CompressionResult, WeightTensor
@@ -35,7 +35,7 @@ from .store import (
     MemorySink,
     TensorSource,
     ZarrSink,
-    metadata_fingerprint,
+    _digest,
     open_input,
     sources_from_arrays,
     stored_nbytes,
@@ -112,6 +112,31 @@ class EngineOptions:
         return max(1, self.memory_budget // _BYTES_PER_ELEMENT)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop was requested (SIGINT / SIGTERM); raised between blocks, at a safe point."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_stop: dict[str, int | None] = {"signum": None}
+
+
+def request_stop(signum: int) -> None:
+    """Ask a running job to stop after the block in hand (called from a signal handler)."""
+    _stop["signum"] = signum
+
+
+def clear_stop() -> None:
+    _stop["signum"] = None
+
+
+def check_stop() -> None:
+    if _stop["signum"] is not None:
+        raise Interrupted(_stop["signum"])
+
+
 class _IO:
     """Read-ahead and write-behind threads."""
 
@@ -124,6 +149,7 @@ class _IO:
     def blocks(self, src: TensorSource, blocks: list[Block], on_read) -> Iterator:
         if not self.enabled:
             for b in blocks:
+                check_stop()
                 x = src.read(b)
                 on_read(b)
                 yield b, x
@@ -131,6 +157,7 @@ class _IO:
         fut = self.reader.submit(src.read, blocks[0]) if blocks else None
         try:
             for i, b in enumerate(blocks):
+                check_stop()
                 x = fut.result()
                 fut = self.reader.submit(src.read, blocks[i + 1]) if i + 1 < len(blocks) else None
                 on_read(b)
@@ -218,6 +245,7 @@ def _copy_skipped(src: TensorSource, blocks: list[Block], io: _IO, progress: _Pr
     """Copy a skipped tensor unchanged; return its non-zero count."""
     nz = 0
     for b in blocks:
+        check_stop()
         raw = np.ascontiguousarray(src.read_raw(b))
         progress.update(raw.nbytes)
         x = src.read(b) if src.is_float else raw.reshape(-1)
@@ -247,12 +275,33 @@ def _check_names(sources, pipelines) -> None:
             seen[full] = src.meta.name
 
 
+def _pipeline_fingerprint(config: CompressionConfig, options: EngineOptions) -> str:
+    from . import __version__
+
+    return _digest({"pipeline": config.to_dict(), "nonfinite": options.nonfinite, "codec": options.codec,
+                    "version": __version__})
+
+
+def _check_resume(sink: ZarrSink, pipeline_fp: str, input_fp: str) -> None:
+    rec = sink.run_record()
+    if not rec:
+        raise ResumeMismatch(f"cannot resume: '{sink.path}' is not a streamcompress output "
+                             "(use --overwrite to replace it)")
+    if rec.get("pipeline_fingerprint") != pipeline_fp:
+        raise ResumeMismatch(f"cannot resume: '{sink.path}' was made with another pipeline, options or "
+                             "version (use --overwrite to start again)")
+    if rec.get("input_fingerprint") != input_fp:
+        raise ResumeMismatch(f"cannot resume: the input changed since '{sink.path}' was started "
+                             "(use --overwrite to start again)")
+
+
 def compress_model(
     tensors: Any,
     config: CompressionConfig,
     *,
     output: str | os.PathLike | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     options: EngineOptions | None = None,
 ) -> CompressionResult:
     """Run ``config`` over ``tensors``, streaming block by block.
@@ -265,6 +314,9 @@ def compress_model(
     output : path of a new Zarr group to write; ``None`` keeps results in
         memory (``result.compressed_tensors``, ``result.arrays``).
     overwrite : replace an existing ``output``.
+    resume : continue an interrupted run into ``output``: tensors marked
+        complete (same input tensor, same pipeline) are kept, others redone;
+        a different input or pipeline is refused.
     options : engine options (memory budget, NaN policy, progress, ...).
 
     Raises
@@ -306,7 +358,19 @@ def compress_model(
     _check_names(sources, pipelines)
     total = sum((p.n_sweeps if p else 1) * stored_nbytes(s) for s, p in zip(sources, pipelines))
 
-    sink = MemorySink() if output is None else ZarrSink(output, overwrite=overwrite, codec=options.codec)
+    pipeline_fp = _pipeline_fingerprint(config, options)
+    input_fps = [src.fingerprint() for src in sources]
+    input_fp = _digest(input_fps)
+    resuming = False
+    if output is None:
+        sink: MemorySink | ZarrSink = MemorySink()
+    else:
+        record = {"pipeline_fingerprint": pipeline_fp, "input_fingerprint": input_fp, "status": "running"}
+        sink = ZarrSink(output, overwrite=overwrite, codec=options.codec, resume=resume, run_record=record)
+        resuming = sink.resumed
+        if resuming:
+            _check_resume(sink, pipeline_fp, input_fp)
+            sink.set_run_record(record)
     totals = [StageStats.empty(s.name) for s in stages]
     tensor_stats: dict[str, dict[str, Any]] = {}
     io = _IO(options.prefetch)
@@ -324,10 +388,21 @@ def compress_model(
                         progress.describe(f"{stages[gi].name} pass {p + 1}: {src.meta.name}")
                         pipe.global_pass(gi, p, sweeper(src, blocks))
                 state.end_pass(p)
-        for src, sk, pipe, blocks in zip(sources, skip, pipelines, plans):
+        for src, sk, pipe, blocks, fp in zip(sources, skip, pipelines, plans, input_fps):
             name = src.meta.name
             progress.describe(name)
             chunks = output_chunks(src.meta.shape, blocks, src.chunks)
+            done = sink.completed(name) if resuming else None
+            if done is not None and done.get("input_fingerprint") == fp:
+                stats = [StageStats.from_dict(d) for d in done["stages"]]
+                for state, d in zip(states, done["stages"]):
+                    if state is not None:
+                        state.resume_tensor(d)
+                totals = [t.merge(s) for t, s in zip(totals, stats)]
+                tensor_stats[name] = done
+                progress.update((pipe.n_sweeps if pipe else 1) * stored_nbytes(src))
+                log.info("kept %s (complete in the earlier run)", name)
+                continue
             if pipe is None:
                 attrs = {k: v for k, v in src.attrs.items() if k == LOGICAL_DTYPE_ATTR}
                 sink.create(name, src.meta.shape, chunks, src.raw_dtype, attrs)
@@ -358,8 +433,15 @@ def compress_model(
             if isinstance(sink, ZarrSink):
                 suffixes = [sp.suffix for sp in pipe.encoding.specs(chunks)] if pipe else [""]
                 info["stored_bytes"] = sum(sink.stored_bytes(name + suf) for suf in suffixes)
+                info["input_fingerprint"] = fp
+                info["pipeline_fingerprint"] = pipeline_fp
+                written = [name + suf for suf in suffixes]
+                if pipe is not None and pipe.want_mask:
+                    written.append(f"{MASK_GROUP}/{name}")
+                sink.make_durable(written)
+            info["complete"] = True
             tensor_stats[name] = info
-            sink.update_attrs(name, {"streamcompress": {**info, "complete": True}})
+            sink.update_attrs(name, {"streamcompress": info})
             log.debug("done %s", name)
     finally:
         progress.close()
@@ -385,12 +467,15 @@ def compress_model(
             "versions": _versions(),
             "input": {
                 "path": str(tensors) if isinstance(tensors, (str, os.PathLike)) else None,
-                "fingerprint": metadata_fingerprint(sources),
+                "fingerprint": input_fp,
             },
             "result": result.to_dict()["summary"],
             "stages": [s.to_dict() for s in totals],
         },
     })
+    if isinstance(sink, ZarrSink):
+        sink.set_run_record({"pipeline_fingerprint": pipeline_fp, "input_fingerprint": input_fp,
+                             "status": "complete"})
     if isinstance(sink, MemorySink):
         result.arrays = sink.arrays
         for n in names:

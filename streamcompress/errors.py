@@ -28,6 +28,8 @@ __all__ = [
     "StoreNotFound",
     "InvalidStore",
     "OutputExists",
+    "OutputError",
+    "ResumeMismatch",
 ]
 
 
@@ -146,3 +148,21 @@ class OutputExists(StreamCompressError, FileExistsError):
     def __init__(self, path: str) -> None:
         self.path = path
         super().__init__(f"output '{path}' already exists (pass --overwrite to replace it)")
+
+
+class OutputError(StreamCompressError, OSError):
+    """Writing the output failed (disk full, permission denied, ...)."""
+
+    def __init__(self, name: str, err: OSError) -> None:
+        self.name = name
+        self.errno = err.errno
+        reason = err.strerror or str(err)
+        super().__init__(f"cannot write tensor '{name}': {reason}; nothing after the last complete "
+                         "tensor is marked complete: fix the cause and rerun with --resume")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class ResumeMismatch(StreamCompressError, ValueError):
+    """``--resume`` found an output made from another input or pipeline."""

@@ -22,7 +22,7 @@ from .stats import StageStats
 __all__ = ["NONFINITE_POLICIES", "TensorPipeline", "skipped_stats"]
 
 #: What to do with NaN/inf in a processed tensor.
-NONFINITE_POLICIES = ("error", "zero")
+NONFINITE_POLICIES = ("error", "zero", "keep")
 
 Sweep = Callable[[], Iterable[tuple[Block, np.ndarray]]]
 #: ``write(emissions, block, mask)`` with emissions ``[(suffix, region, data)]``.
@@ -53,7 +53,8 @@ class TensorPipeline:
     stages : the pipeline's stages, in order
     meta : the tensor's name and shape
     blocks : the tensor's block plan (runners may depend on it)
-    nonfinite : ``"error"`` (default) or ``"zero"`` (NaN/inf read as 0); validated by ``EngineOptions``
+    nonfinite : ``"error"`` (default), ``"zero"`` (NaN/inf read as 0) or ``"keep"`` (the seed's
+        behaviour: NaN sorts above inf, quantizes to 0; inf poisons the scale); validated by ``EngineOptions``
     want_mask : also produce the prune mask (1 kept, 0 pruned by any prune stage)
     """
 
@@ -86,7 +87,7 @@ class TensorPipeline:
         for block, x in blocks:
             if self.nonfinite == "zero":
                 K.zero_nonfinite(x)
-            elif check:
+            elif check and self.nonfinite == "error":
                 bad = int(K.count_nonfinite(x))
                 if bad:
                     where = f"block {block.index} (flat elements {block.start}..{block.start + x.size - 1})"

@@ -181,6 +181,13 @@ class SafetensorsSource(TensorSource):
     def stored_bytes(self) -> int:
         return self.entry.end - self.entry.begin
 
+    def fingerprint(self) -> str:
+        from .store import _digest
+
+        st = self.entry.path.stat()
+        e = self.entry
+        return _digest([e.name, e.dtype, list(e.shape), e.path.name, e.begin, e.end, st.st_size, st.st_mtime_ns])
+
 
 def is_safetensors_input(path: str | os.PathLike) -> bool:
     p = Path(path)

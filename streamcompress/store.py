@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .errors import InvalidStore, OutputExists, StoreNotFound
+from .errors import InvalidStore, OutputError, OutputExists, StoreNotFound
 from .layout import Block, TensorMeta
 
 __all__ = [
@@ -87,6 +87,10 @@ class TensorSource:
         """Bytes on disk (or in memory) of everything stored for this tensor."""
         return stored_nbytes(self)
 
+    def fingerprint(self) -> str:
+        """Cheap identity of the input tensor (no data read): changes when it is rewritten."""
+        return _digest([self.meta.name, list(self.meta.shape), self.logical_dtype])
+
     @property
     def display_dtype(self) -> str:
         return self.logical_dtype
@@ -145,12 +149,30 @@ class ZarrSource(TensorSource):
         return self.raw_dtype.itemsize
 
     def read_raw(self, block: Block) -> np.ndarray:
-        if self.meta.ndim == 0:
-            return np.asarray(self.array[()])
-        return np.asarray(self.array[block.region])
+        try:
+            if self.meta.ndim == 0:
+                return np.asarray(self.array[()])
+            return np.asarray(self.array[block.region])
+        except Exception as e:  # noqa: BLE001 - any codec/IO failure means unreadable chunk data
+            raise InvalidStore(
+                f"tensor '{self.meta.name}' block {block.index} (flat elements {block.start}.."
+                f"{block.start + block.size - 1}): cannot read its chunk data: {type(e).__name__}: {e}"
+            ) from None
 
     def stored_bytes(self) -> int:
         return int(self.array.nbytes_stored())
+
+    def fingerprint(self) -> str:
+        """Array metadata plus (name, size, mtime) of every chunk file, for local stores."""
+        parts: list[Any] = [self.meta.name, list(self.meta.shape), self.logical_dtype, list(self.chunks or ())]
+        root = _local_root(self.array)
+        if root is not None:
+            d = root / self.array.path
+            for f in sorted(d.rglob("*")) if d.is_dir() else []:
+                if f.is_file():
+                    st = f.stat()
+                    parts.append([str(f.relative_to(d)), st.st_size, st.st_mtime_ns])
+        return _digest(parts)
 
 
 class QuantizedSource(TensorSource):
@@ -265,9 +287,11 @@ def sources_from_arrays(tensors: Any) -> list[TensorSource]:
     return [ArraySource(n, a) for n, a in items]
 
 
-def _open_group(path: str | os.PathLike, mode: str):
+def _open_group(path: str | os.PathLike, mode: str, attributes: dict[str, Any] | None = None):
     import zarr
 
+    if attributes is not None:
+        return zarr.open_group(str(path), mode=mode, attributes=attributes)
     return zarr.open_group(str(path), mode=mode)
 
 
@@ -330,6 +354,9 @@ class MemorySink:
         self.arrays: dict[str, np.ndarray] = {}
         self.attrs: dict[str, dict[str, Any]] = {}
 
+    def completed(self, name: str) -> None:
+        return None
+
     def create(self, name: str, shape, chunks, dtype, attrs: dict[str, Any]) -> None:
         self.arrays[name] = np.zeros(shape, dtype=dtype)
         self.attrs[name] = dict(attrs)
@@ -352,17 +379,52 @@ class ZarrSink:
     written exactly once, whole.
     """
 
-    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False, codec: str = "zstd"):
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False, codec: str = "zstd",
+                 resume: bool = False, run_record: dict[str, Any] | None = None):
         p = Path(path)
-        if p.exists() and not overwrite:
-            raise OutputExists(str(path))
         self.path = p
         self.codec = codec
+        self.arrays: dict[str, Any] = {}
+        self.resumed = False
+        if resume and p.exists():
+            try:
+                self.group = _open_group(p, "r+")
+            except Exception:  # noqa: BLE001 - anything unreadable is not resumable
+                raise InvalidStore(f"cannot resume: '{path}' is not a readable Zarr group "
+                                   "(use --overwrite to start again)") from None
+            if self.run_record() or any(True for _ in self.group.array_keys()):
+                self.resumed = True
+                return
+            overwrite = True  # created but not started: start afresh
+        if p.exists() and not overwrite:
+            raise OutputExists(str(path))
         try:
-            self.group = _open_group(p, "w")
+            # the run record is written with the group itself: no window without it
+            self.group = _open_group(p, "w", {"streamcompress_run": run_record} if run_record else None)
         except OSError as e:
             raise InvalidStore(f"cannot create output '{path}': {e.strerror or e}") from None
-        self.arrays: dict[str, Any] = {}
+
+    def run_record(self) -> dict[str, Any]:
+        rec = self.group.attrs.get("streamcompress_run")
+        return rec if isinstance(rec, dict) else {}
+
+    def set_run_record(self, record: dict[str, Any]) -> None:
+        self.group.attrs.update({"streamcompress_run": record})
+
+    def completed(self, name: str) -> dict[str, Any] | None:
+        """The recorded info of ``name`` if it was marked complete, else None."""
+        try:
+            info = self.group[name].attrs.get("streamcompress")
+        except Exception:  # noqa: BLE001 - missing or half-written array: not complete
+            return None
+        return info if isinstance(info, dict) and info.get("complete") is True else None
+
+    def make_durable(self, names: list[str]) -> None:
+        """fsync the files of these arrays (and their directories) before marking them complete."""
+        for name in names:
+            d = self.path / name
+            for f in [*sorted(d.rglob("*")), d] if d.exists() else []:
+                _fsync(f)
 
     def _compressors(self):
         if self.codec == "none":
@@ -378,11 +440,17 @@ class ZarrSink:
             config={"write_empty_chunks": True}, overwrite=True)
 
     def write(self, name: str, region: tuple, data: np.ndarray) -> None:
-        self.arrays[name][region if data.ndim else ()] = data
+        try:
+            self.arrays[name][region if data.ndim else ()] = data
+        except OSError as e:
+            raise OutputError(name, e) from None
 
     def update_attrs(self, name: str, attrs: dict[str, Any]) -> None:
         # Written last: an array is complete only once this attribute exists.
-        self.arrays[name].attrs.update(attrs)
+        try:
+            self.arrays[name].attrs.update(attrs)
+        except OSError as e:
+            raise OutputError(name, e) from None
 
     def stored_bytes(self, name: str) -> int:
         return int(self.arrays[name].nbytes_stored())
@@ -391,13 +459,30 @@ class ZarrSink:
         self.group.attrs.update(attrs)
 
 
-def metadata_fingerprint(sources: list[TensorSource]) -> str:
-    """sha256 of the inputs' names, shapes, dtypes and chunking (no data read)."""
+def _fsync(path: Path) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _digest(obj: Any) -> str:
     import hashlib
     import json
 
-    desc = [[s.meta.name, list(s.meta.shape), s.logical_dtype, list(s.chunks or ())] for s in sources]
-    return hashlib.sha256(json.dumps(desc).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _local_root(array: Any) -> Path | None:
+    root = getattr(getattr(getattr(array, "store_path", None), "store", None), "root", None)
+    return Path(root) if root is not None else None
+
+
+def metadata_fingerprint(sources: list[TensorSource]) -> str:
+    """sha256 over every input tensor's fingerprint (no data read)."""
+    return _digest([s.fingerprint() for s in sources])
 
 
 def stored_nbytes(src: TensorSource) -> int:

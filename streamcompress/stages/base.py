@@ -162,6 +162,9 @@ class GlobalState:
     def end_pass(self, pass_index: int) -> None:
         """Derive what the next pass (or the apply sweeps) need."""
 
+    def resume_tensor(self, info: dict[str, Any]) -> None:
+        """A tensor finished by an earlier run is skipped: carry its recorded ``info`` on."""
+
 
 class Stage(ABC):
     """A pipeline stage: a frozen config that makes per-tensor runners."""

@@ -235,6 +235,10 @@ class _GlobalPruneState(GlobalState):
         self.sel.end_pass(pass_index)
         self.ready = pass_index == 1
 
+    def resume_tensor(self, info: dict[str, Any]) -> None:
+        if "ties_end" in info:
+            self.ties_seen = int(info["ties_end"])
+
 
 class _GlobalRunner(StageRunner):
     n_passes = 0  # the statistic is the run's (see _GlobalPruneState)
@@ -269,8 +273,9 @@ class _GlobalRunner(StageRunner):
             mask &= local
 
     def info(self) -> dict[str, Any]:
-        return {"scope": "global", "model_pruned": self.st.k, "threshold_bits": self.st.sel.threshold
-                if self.st.sel else None}
+        return {"scope": "global", "model_pruned": self.st.k,
+                "threshold_bits": self.st.sel.threshold if self.st.sel else None,
+                "ties_end": (self.base or 0) + self.local}
 
 
 class _StructuredRunner(StageRunner):

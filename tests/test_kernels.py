@@ -53,7 +53,7 @@ def test_prune_threshold_tie_rule(rng, ties_left):
     expect = np.where(cut, np.float32(0), x)
     y = x.copy()
     mask = np.full(x.size, 7, np.uint8)
-    ties = K.prune_threshold(y, y.view(np.uint32), np.uint32(thr), ties_left, mask, True)
+    ties = K.prune_threshold(y.view(np.uint32), y.view(np.uint32), np.uint32(thr), ties_left, mask, True)
     assert ties == is_tie.sum()
     assert (y.view(np.uint32) == expect.view(np.uint32)).all()
     assert (mask == (~cut).astype(np.uint8)).all()
@@ -92,7 +92,7 @@ def test_clip_le(rng):
     x = data(rng, 10000, ties=True)
     thr = np.float32(1.0).view(np.uint32)
     y = x.copy()
-    K.clip_le(y, y.view(np.uint32), np.uint32(thr))
+    K.clip_le(y.view(np.uint32), y.view(np.uint32), np.uint32(thr))
     assert (y == np.where(np.abs(x) <= 1.0, 0, x)).all()
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "quantize_int8_sim",
     "clip_le",
     "prune_threshold",
+    "cut_below",
     "diff_stats",
 ]
 
@@ -112,31 +113,41 @@ def quantize_int8_sim(x, scale):
         x[i] = np.float32(np.float32(q) * scale)
 
 
-@numba.njit(**PJIT)
 def clip_le(x, keys, thr):
-    """Zero every element whose key (``|x|`` bits) is ``<= thr``; in place."""
-    for i in prange(x.size):
-        if (keys[i] & np.uint32(0x7FFFFFFF)) <= thr:
-            x[i] = 0
+    """Zero every element whose key (``|x|`` bits) is ``<= thr``; ``x`` is the uint32 view."""
+    cut_below(x, keys, np.uint32(int(thr) + 1), np.zeros(0, np.uint8), False)
 
 
 @numba.njit(**PJIT)
-def prune_threshold(x, keys, thr, ties_left, mask, want_mask):
-    """Zero keys below ``thr`` and the first ``ties_left`` keys equal to it (flat order).
+def cut_below(x, keys, lim, mask, want_mask):
+    """Zero ``x`` where the key (``bits & 0x7fffffff``) is ``< lim``; ``x`` is the
+    block's uint32 view (+0.0 is written). A flat ``prange`` over elements:
+    measured to vectorize where the same loop nested in tiles did not."""
+    for i in prange(x.size):
+        cut = (keys[i] & np.uint32(0x7FFFFFFF)) < lim
+        if cut:
+            x[i] = np.uint32(0)
+        if want_mask:
+            mask[i] = not cut
 
-    ``mask`` (uint8, same size when ``want_mask``) gets 1 kept / 0 pruned.
-    Returns the number of ties in this block, so the caller can carry the
-    running tie count to the next block.
-    """
-    n = x.size
+
+@numba.njit(**PJIT)
+def _tie_counts(keys, thr):
+    n = keys.size
     nt = max((n + TILE - 1) // TILE, 1)
     ties = np.zeros(nt, dtype=np.int64)
     for t in prange(nt):
         c = 0
         for i in range(t * TILE, min(n, (t + 1) * TILE)):
-            if (keys[i] & np.uint32(0x7FFFFFFF)) == thr:
-                c += 1
+            c += (keys[i] & np.uint32(0x7FFFFFFF)) == thr
         ties[t] = c
+    return ties
+
+
+@numba.njit(**PJIT)
+def _cut_ranked(x, keys, thr, ties_left, ties, mask, want_mask):
+    n = x.size
+    nt = ties.size
     offset = np.zeros(nt, dtype=np.int64)
     acc = 0
     for t in range(nt):
@@ -154,10 +165,29 @@ def prune_threshold(x, keys, thr, ties_left, mask, want_mask):
                     cut = True
                 rank += 1
             if cut:
-                x[i] = 0
+                x[i] = np.uint32(0)
             if want_mask:
                 mask[i] = 0 if cut else 1
-    return acc
+
+
+def prune_threshold(x, keys, thr, ties_left, mask, want_mask):
+    """Zero keys below ``thr`` and the first ``ties_left`` keys equal to it (flat order).
+
+    ``x`` is the block's ``uint32`` view (taken by the caller; +0.0 is written).
+    ``mask`` (uint8, same size when ``want_mask``) gets 1 kept / 0 pruned.
+    Returns the number of ties in this block, so the caller can carry the
+    running tie count to the next block. Only a block holding the cut-off tie
+    ranks its ties one by one; the others are a plain comparison.
+    """
+    ties = _tie_counts(keys, np.uint32(thr))
+    total = int(ties.sum())
+    if total <= ties_left:  # every tie here is pruned
+        cut_below(x, keys, np.uint32(thr + 1), mask, want_mask)
+    elif ties_left <= 0:  # every tie here is kept
+        cut_below(x, keys, np.uint32(thr), mask, want_mask)
+    else:
+        _cut_ranked(x, keys, np.uint32(thr), ties_left, ties, mask, want_mask)
+    return total
 
 
 @numba.njit(**PJIT)
@@ -167,7 +197,7 @@ def diff_stats(before, after):
     Returns ``(nonzero_after, sum_sq_err, max_abs_err, sum_sq_signal)``; the
     sums are float64, taken per fixed tile and added in tile order
     (deterministic for any thread count). Non-finite differences are left out
-    of the error sums.
+    of the error sums (a tile with any is redone with per-element checks).
     """
     n = after.size
     nt = max((n + TILE - 1) // TILE, 1)
@@ -176,22 +206,34 @@ def diff_stats(before, after):
     mx = np.zeros(nt, dtype=np.float64)
     sig = np.zeros(nt, dtype=np.float64)
     for t in prange(nt):
+        lo = t * TILE
+        hi = min(n, (t + 1) * TILE)
         c = 0
         e = 0.0
         m = 0.0
         s = 0.0
-        for i in range(t * TILE, min(n, (t + 1) * TILE)):
+        for i in range(lo, hi):
             a = np.float64(after[i])
             b = np.float64(before[i])
-            if a != 0:
-                c += 1
+            c += a != 0
             d = a - b
-            if np.isfinite(d):
-                e += d * d
-                if abs(d) > m:
-                    m = abs(d)
-            if np.isfinite(b):
-                s += b * b
+            e += d * d
+            m = max(m, abs(d))
+            s += b * b
+        if not (np.isfinite(e) and np.isfinite(s)):
+            e = 0.0
+            m = 0.0
+            s = 0.0
+            for i in range(lo, hi):
+                a = np.float64(after[i])
+                b = np.float64(before[i])
+                d = a - b
+                if np.isfinite(d):
+                    e += d * d
+                    if abs(d) > m:
+                        m = abs(d)
+                if np.isfinite(b):
+                    s += b * b
         nz[t] = c
         sse[t] = e
         mx[t] = m

@@ -91,32 +91,43 @@ def quantize_units(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes)
     ``q = clamp(round_half_away(x / scale) + zp, qmin, qmax)``, or with
     ``use_inv`` ``round_half_away(x * inv)`` (ggml's Q8_0 rule). A zero scale
     gives ``q = zp``. ``scales``/``inv``/``zps`` are indexed from the block's
-    first unit.
+    first unit. Work is split in fixed tiles; inside a tile the loop runs over
+    runs of one unit, so the unit index is computed per run, not per element.
     """
     G = (L + g - 1) // g
     u0 = _unit(start, L, g, G)
-    for i in prange(x.size):
-        j = _unit(start + i, L, g, G) - u0
-        s = scales[j]
-        z = zps[j]
-        v = x[i]
-        if s == 0 or v != v:
-            q = z
-        else:
-            if use_inv:
-                t = np.float32(v * inv[j])
+    n = x.size
+    nt = (n + 65535) // 65536
+    for t in prange(nt):
+        i = t * 65536
+        end = min(n, i + 65536)
+        while i < end:
+            f = start + i
+            col = f % L
+            j = (f // L) * G + col // g - u0
+            seg = min(end, i + min((col // g + 1) * g, L) - col)
+            s = scales[j]
+            z = zps[j]
+            if s == 0:
+                for m in range(i, seg):
+                    codes[m] = min(max(z, qmin), qmax)
+                    x[m] = np.float32(np.float32(codes[m] - z) * s)
             else:
-                t = np.float32(v / s)
-            r = np.floor(np.float64(abs(t)) + 0.5)
-            if t < 0:
-                r = -r
-            q = np.int64(max(min(r + z, 1e9), -1e9))
-        if q < qmin:
-            q = qmin
-        if q > qmax:
-            q = qmax
-        codes[i] = q
-        x[i] = np.float32(np.float32(q - z) * s)
+                iv = inv[j]
+                for m in range(i, seg):
+                    v = x[m]
+                    if use_inv:
+                        tq = np.float32(v * iv)
+                    else:
+                        tq = np.float32(v / s)
+                    r = np.floor(np.float64(abs(tq)) + 0.5)
+                    r = -r if tq < 0 else r
+                    if r != r:  # NaN input (nonfinite='keep'): the seed turns it into 0
+                        r = 0.0
+                    q = np.int64(min(max(r + z, qmin), qmax))
+                    codes[m] = q
+                    x[m] = np.float32(np.float32(q - z) * s)
+            i = seg
 
 
 @numba.njit(**PJIT)

@@ -67,7 +67,7 @@ class _ClipRunner(StageRunner):
         self.sel.end_pass(pass_index)
 
     def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
-        K.clip_le(x, x.view(np.uint32), np.uint32(self.sel.threshold))
+        K.clip_le(x.view(np.uint32), x.view(np.uint32), np.uint32(self.sel.threshold))
 
     def info(self) -> dict[str, Any]:
         return {"threshold_bits": self.sel.threshold}

@@ -206,7 +206,7 @@ class _UnstructuredRunner(StageRunner):
         ties_left = self.k - self.sel.below - self.ties_seen
         local = np.ones(x.size, dtype=np.uint8) if mask is not None else self._empty_mask
         self.ties_seen += K.prune_threshold(
-            x, keys, np.uint32(self.sel.threshold), ties_left, local, mask is not None
+            x.view(np.uint32), keys, np.uint32(self.sel.threshold), ties_left, local, mask is not None
         )
         if mask is not None:
             mask &= local
@@ -266,8 +266,8 @@ class _GlobalRunner(StageRunner):
         keys = score_keys(self.cfg.metric, self.cfg.seed, block, x)
         ties_left = self.st.k - self.st.sel.below - self.base - self.local
         local = np.ones(x.size, dtype=np.uint8) if mask is not None else np.zeros(0, np.uint8)
-        self.local += K.prune_threshold(x, keys, np.uint32(self.st.sel.threshold), ties_left, local,
-                                        mask is not None)
+        self.local += K.prune_threshold(x.view(np.uint32), keys, np.uint32(self.st.sel.threshold), ties_left,
+                                        local, mask is not None)
         self.st.ties_seen = self.base + self.local
         if mask is not None:
             mask &= local

@@ -83,7 +83,7 @@ def floor_run(src: str, out: str, pipeline: str) -> None:
             x = a[r:r + step]
             if bf16:
                 x = (x.astype(np.uint32) << 16).view(np.float32)
-            for suf, shp, dt in layout:
+            for suf, _shp, dt in layout:
                 if suf == "":
                     data = x.astype(np.float32, copy=False) if dt == "float32" else \
                         x.astype(np.float32, copy=False).view(np.int8)[..., 3::4]

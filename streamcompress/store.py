@@ -182,8 +182,6 @@ class QuantizedSource(TensorSource):
     """
 
     def __init__(self, name: str, codes: Any, scale: Any, zero_point: Any | None) -> None:
-        from .kernels import quant as Q  # noqa: F401 - dequantization kernels
-
         self.codes, self.scale, self.zero_point = codes, scale, zero_point
         self.attrs = dict(codes.attrs)
         q = self.attrs["quantization"]

@@ -1,65 +1,56 @@
-"""Numba kernels: pure array functions on 1-D float32 blocks (no I/O, no logging)."""
+"""Numba kernels: pure array functions on 1-D blocks (no I/O, no logging).
 
-from ._jit import JIT, PJIT, TILE, check_threading_layer
-from .elementwise import (
-    absmax,
-    clip_le,
-    count_nonfinite,
-    count_nonzero,
-    diff_stats,
-    prune_threshold,
-    quantize_int8_sim,
-    square,
-    zero_nonfinite,
-)
-from .lcg import random_scores, random_unit_scores
-from .quant import (
-    dequantize_units,
-    pack_nibbles,
-    quantize_units,
-    unit_absmax,
-    unit_minmax,
-    unit_range,
-    unpack_nibbles,
-)
-from .select import NBINS, hist16, locate_kth
-from .structured import (
-    accumulate_col_scores,
-    accumulate_row_scores,
-    apply_unit_mask,
-    nm_violations,
-    prune_n_m,
-)
+Loaded lazily (PEP 562): importing the package does not import numba, so the
+CLI's ``--help`` and argument errors stay fast; the first kernel used loads it.
+"""
 
-__all__ = [
-    "JIT",
-    "PJIT",
-    "TILE",
-    "check_threading_layer",
-    "absmax",
-    "clip_le",
-    "count_nonfinite",
-    "count_nonzero",
-    "diff_stats",
-    "prune_threshold",
-    "quantize_int8_sim",
-    "square",
-    "zero_nonfinite",
-    "random_scores",
-    "random_unit_scores",
-    "dequantize_units",
-    "pack_nibbles",
-    "quantize_units",
-    "unit_absmax",
-    "unit_minmax",
-    "unit_range",
-    "unpack_nibbles",
-    "NBINS",
-    "hist16",
-    "locate_kth",
-    "accumulate_col_scores",
-    "accumulate_row_scores",
-    "apply_unit_mask",
-    "nm_violations",
-    "prune_n_m",
-]
+from importlib import import_module
+
+_WHERE = {
+    "JIT": "_jit",
+    "PJIT": "_jit",
+    "TILE": "_jit",
+    "check_threading_layer": "_jit",
+    "absmax": "elementwise",
+    "clip_le": "elementwise",
+    "count_nonfinite": "elementwise",
+    "count_nonzero": "elementwise",
+    "cut_below": "elementwise",
+    "diff_stats": "elementwise",
+    "prune_threshold": "elementwise",
+    "quantize_int8_sim": "elementwise",
+    "square": "elementwise",
+    "zero_nonfinite": "elementwise",
+    "random_scores": "lcg",
+    "random_unit_scores": "lcg",
+    "dequantize_units": "quant",
+    "pack_nibbles": "quant",
+    "quantize_units": "quant",
+    "unit_absmax": "quant",
+    "unit_minmax": "quant",
+    "unit_range": "quant",
+    "unpack_nibbles": "quant",
+    "NBINS": "select",
+    "hist16": "select",
+    "locate_kth": "select",
+    "accumulate_col_scores": "structured",
+    "accumulate_row_scores": "structured",
+    "apply_unit_mask": "structured",
+    "nm_violations": "structured",
+    "prune_n_m": "structured",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

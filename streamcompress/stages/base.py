@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..kernels import hist16, locate_kth
+from .. import kernels as K
 from ..layout import Block, TensorMeta
 
 __all__ = ["Stage", "StageRunner", "GlobalState", "KthSelector", "IdentityRunner", "f32_floor_product", "ArraySpec",
@@ -136,18 +136,18 @@ class KthSelector:
         if self._hist is None:
             self._hist = np.zeros(1 << 16, dtype=np.int64)
         if pass_index == 0:
-            self._hist += hist16(keys)
+            self._hist += K.hist16(keys)
         else:
-            self._hist += hist16(keys, self._high)
+            self._hist += K.hist16(keys, self._high)
 
     def end_pass(self, pass_index: int) -> None:
         if self._hist is None:
             self._hist = np.zeros(1 << 16, dtype=np.int64)
         if pass_index == 0:
-            self._high, self._below_high = locate_kth(self._hist, self.k)
+            self._high, self._below_high = K.locate_kth(self._hist, self.k)
             self._hist[:] = 0
         else:
-            low, below_low = locate_kth(self._hist, self.k - self._below_high)
+            low, below_low = K.locate_kth(self._hist, self.k - self._below_high)
             self.threshold = (self._high << 16) | low
             self.below = self._below_high + below_low
             self.ties = int(self._hist[low])

@@ -140,6 +140,8 @@ def read_header(path: Path) -> tuple[list[STEntry], dict[str, str] | None]:
 class SafetensorsSource(TensorSource):
     """One tensor of a safetensors file, read block by block with ``pread``."""
 
+    owns_reads = True  # every read fills a new bytearray
+
     def __init__(self, entry: STEntry, fds: dict[Path, int]) -> None:
         self.entry = entry
         self._fds = fds

@@ -47,8 +47,9 @@ TENSOR_ORDER_ATTR = "tensor_order"
 _FLOAT_KINDS = {"float32", "float64", "float16", "bfloat16"}
 
 
-def _widen(raw: np.ndarray, logical: str) -> np.ndarray:
-    """Flat, writable float32 copy of a raw block."""
+def _widen(raw: np.ndarray, logical: str, owned: bool = False) -> np.ndarray:
+    """Flat, writable float32 version of a raw block: a copy, unless ``owned``
+    (the reader made a fresh buffer for us) and it is already float32."""
     flat = raw.reshape(-1)
     if logical == "bfloat16":
         if flat.dtype == np.uint16:
@@ -57,6 +58,8 @@ def _widen(raw: np.ndarray, logical: str) -> np.ndarray:
     if logical == "float16" and flat.dtype == np.uint16:
         return flat.view(np.float16).astype(np.float32)
     if flat.dtype == np.float32:
+        if owned and flat.flags.writeable and flat.flags.c_contiguous:
+            return flat
         return np.array(flat, dtype=np.float32, copy=True)
     return flat.astype(np.float32)
 
@@ -95,9 +98,12 @@ class TensorSource:
     def display_dtype(self) -> str:
         return self.logical_dtype
 
+    #: ``read_raw`` returns a fresh buffer nobody else holds (no defensive copy needed)
+    owns_reads: bool = False
+
     def read(self, block: Block) -> np.ndarray:
-        """Flat float32 copy of the block, safe to modify."""
-        return _widen(self.read_raw(block), self.logical_dtype)
+        """Flat float32 version of the block, safe to modify."""
+        return _widen(self.read_raw(block), self.logical_dtype, self.owns_reads)
 
     @property
     def raw_dtype(self) -> np.dtype:
@@ -129,6 +135,8 @@ class ArraySource(TensorSource):
 
 class ZarrSource(TensorSource):
     """One array of a Zarr v3 group."""
+
+    owns_reads = True  # zarr decodes every selection into a new array
 
     def __init__(self, name: str, array: Any) -> None:
         self.array = array

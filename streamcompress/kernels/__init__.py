@@ -18,7 +18,7 @@ _WHERE = {
     "cut_below": "elementwise",
     "diff_stats": "elementwise",
     "prune_threshold": "elementwise",
-    "quantize_int8_sim": "elementwise",
+    "quantize_int8_sim": "quant",
     "square": "elementwise",
     "zero_nonfinite": "elementwise",
     "random_scores": "lcg",

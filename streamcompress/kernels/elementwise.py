@@ -19,7 +19,6 @@ __all__ = [
     "zero_nonfinite",
     "absmax",
     "square",
-    "quantize_int8_sim",
     "clip_le",
     "prune_threshold",
     "cut_below",
@@ -90,27 +89,6 @@ def square(x):
     for i in prange(x.size):
         out[i] = np.float32(x[i] * x[i])
     return out
-
-
-@numba.njit(**PJIT)
-def quantize_int8_sim(x, scale):
-    """Seed int8: ``q = round_half_away(x/scale)`` clamped to +-127, ``x = q*scale``; in place."""
-    for i in prange(x.size):
-        v = x[i]
-        if v != v:
-            q = 0
-        else:
-            t = np.float32(v / scale)
-            r = np.floor(np.float64(abs(t)) + 0.5)
-            if r > 127.0:
-                r = 127.0
-            if r != r:
-                q = 0
-            elif t < 0:
-                q = -np.int32(r)
-            else:
-                q = np.int32(r)
-        x[i] = np.float32(np.float32(q) * scale)
 
 
 def clip_le(x, keys, thr):

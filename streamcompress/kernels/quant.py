@@ -16,8 +16,8 @@ from numba import prange
 
 from ._jit import JIT, PJIT
 
-__all__ = ["unit_range", "unit_absmax", "unit_minmax", "quantize_units", "dequantize_units", "pack_nibbles",
-           "unpack_nibbles"]
+__all__ = ["unit_range", "unit_absmax", "unit_minmax", "quantize_units", "quantize_int8_sim", "dequantize_units",
+           "pack_nibbles", "unpack_nibbles"]
 
 
 @numba.njit(**JIT)
@@ -128,6 +128,16 @@ def quantize_units(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes)
                     codes[m] = q
                     x[m] = np.float32(np.float32(q - z) * s)
             i = seg
+
+
+def quantize_int8_sim(x: np.ndarray, scale: np.float32) -> None:
+    """The seed's int8 on a block, in place: ``x = clamp(round_half_away(x/scale), +-127) * scale``
+    (one unit for the whole block; +0.0 for codes of 0)."""
+    n = x.size
+    if n == 0:
+        return
+    s = np.array([scale], dtype=np.float32)
+    quantize_units(x, 0, n, n, s, s, np.zeros(1, np.int64), -127, 127, False, np.empty(n, np.int16))
 
 
 @numba.njit(**PJIT)

@@ -97,9 +97,7 @@ def _block_bytes(src: TensorSource, dtype: str | None, options: EngineOptions, i
 
     def stream() -> Iterator[bytes]:
         blocks = plan_blocks(src.meta.shape, options.max_block_elems, src.chunks, src.block_multiple)
-        per_elem = stored_nbytes(src) / max(src.meta.size, 1)
-        it = io.blocks(src, blocks, lambda b: progress.update(int(b.size * per_elem))) if dtype else \
-            _stream_raw(src, blocks, io, progress)
+        it = io.blocks(src, blocks, progress.on_read(src)) if dtype else _stream_raw(src, blocks, io, progress)
         for _, x in it:
             data = x if dtype is None else _to_dtype(x, dtype)
             yield np.ascontiguousarray(data).tobytes()

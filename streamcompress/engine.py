@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import kernels as K
-from .config import CompressionConfig
+from .config import CompressionConfig, is_embedding_layer
 from .errors import ConfigError, EmptyModel, InvalidStore, ResumeMismatch
 from .layout import Block, TensorMeta, output_chunks, plan_blocks
 from .pipeline import NONFINITE_POLICIES, TensorPipeline, skipped_stats
@@ -36,6 +36,7 @@ from .store import (
     TensorSource,
     ZarrSink,
     _digest,
+    group_sources,
     open_input,
     sources_from_arrays,
     stored_nbytes,
@@ -204,6 +205,11 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(n)
 
+    def on_read(self, src: TensorSource):
+        """Callback counting a block of ``src`` as its stored bytes."""
+        per_elem = stored_nbytes(src) / max(src.meta.size, 1)
+        return lambda b: self.update(int(b.size * per_elem))
+
     def describe(self, text: str) -> None:
         if self.bar is not None:
             self.bar.set_postfix_str(text[-40:], refresh=False)
@@ -223,10 +229,7 @@ def load_sources(tensors: Any) -> list[TensorSource]:
             return scan_checkpoint(tensors)[0]  # import on the fly
         return open_input(tensors)[1]
     if hasattr(tensors, "members") and hasattr(tensors, "attrs"):
-        from .store import ZarrSource
-
-        names = sorted(n for n, node in tensors.members(max_depth=None) if hasattr(node, "shape"))
-        return [ZarrSource(n, tensors[n]) for n in names]
+        return group_sources(tensors)
     return sources_from_arrays(tensors)
 
 
@@ -377,8 +380,7 @@ def compress_model(
     progress = _Progress(options.progress, total)
 
     def sweeper(src: TensorSource, blocks: list[Block]):
-        per_elem = stored_nbytes(src) / max(src.meta.size, 1)
-        return lambda: io.blocks(src, blocks, lambda b: progress.update(int(b.size * per_elem)))
+        return lambda: io.blocks(src, blocks, progress.on_read(src))
 
     try:
         for gi, state in enumerate(states):
@@ -406,15 +408,18 @@ def compress_model(
             if pipe is None:
                 attrs = {k: v for k, v in src.attrs.items() if k == LOGICAL_DTYPE_ATTR}
                 sink.create(name, src.meta.shape, chunks, src.raw_dtype, attrs)
+                written = [name]
                 nz = _copy_skipped(src, blocks, io, progress, sink, name)
                 io.flush()
                 stats, infos = skipped_stats(stages, src.meta, nz), [{} for _ in stages]
             else:
-                for spec in pipe.encoding.specs(chunks):
+                specs = pipe.encoding.specs(chunks)
+                for spec in specs:
                     attrs = dict(spec.attrs)
                     if spec.suffix == "":
                         attrs["source_dtype"] = src.logical_dtype
                     sink.create(name + spec.suffix, spec.shape, spec.chunks, spec.dtype, attrs)
+                written = [name + spec.suffix for spec in specs]
                 if pipe.want_mask:
                     sink.create(f"{MASK_GROUP}/{name}", src.meta.shape, chunks, "uint8", {})
 
@@ -431,14 +436,11 @@ def compress_model(
                 "stages": [{**s.to_dict(), **inf} for s, inf in zip(stats, infos)],
             }
             if isinstance(sink, ZarrSink):
-                suffixes = [sp.suffix for sp in pipe.encoding.specs(chunks)] if pipe else [""]
-                info["stored_bytes"] = sum(sink.stored_bytes(name + suf) for suf in suffixes)
+                info["stored_bytes"] = sum(sink.stored_bytes(n) for n in written)
                 info["input_fingerprint"] = fp
                 info["pipeline_fingerprint"] = pipeline_fp
-                written = [name + suf for suf in suffixes]
-                if pipe is not None and pipe.want_mask:
-                    written.append(f"{MASK_GROUP}/{name}")
-                sink.make_durable(written)
+                masks = [f"{MASK_GROUP}/{name}"] if pipe is not None and pipe.want_mask else []
+                sink.make_durable(written + masks)
             info["complete"] = True
             tensor_stats[name] = info
             sink.update_attrs(name, {"streamcompress": info})
@@ -459,7 +461,12 @@ def compress_model(
         result.stored_bytes = sum(t["stored_bytes"] for t in tensor_stats.values())
         if isinstance(tensors, (str, os.PathLike)):
             copy_aux(tensors, Path(output) / AUX_DIR)  # config.json, tokenizer files, ...
+    final_attrs: dict[str, Any] = {}
+    if isinstance(sink, ZarrSink):  # one write: the results and the run's completion together
+        final_attrs["streamcompress_run"] = {"pipeline_fingerprint": pipeline_fp, "input_fingerprint": input_fp,
+                                             "status": "complete"}
     sink.finish({
+        **final_attrs,
         TENSOR_ORDER_ATTR: names,
         "streamcompress": {
             "pipeline": config.to_dict(),
@@ -473,9 +480,6 @@ def compress_model(
             "stages": [s.to_dict() for s in totals],
         },
     })
-    if isinstance(sink, ZarrSink):
-        sink.set_run_record({"pipeline_fingerprint": pipeline_fp, "input_fingerprint": input_fp,
-                             "status": "complete"})
     if isinstance(sink, MemorySink):
         result.arrays = sink.arrays
         for n in names:
@@ -496,7 +500,8 @@ def estimate_compressed_size(tensors: Any, config: CompressionConfig) -> int:
     """The seed's metadata-only size estimate (bytes).
 
     0 for an empty model or pipeline; skipped embedding bytes unchanged; each
-    stage multiplies the rest by its ``size_factor`` (0.25 for int8).
+    stage maps the rest through ``Stage.estimate`` (x0.25 for the seed's int8,
+    codes + scales for real quantization); rounded once at the end.
 
     Examples
     --------
@@ -508,15 +513,10 @@ def estimate_compressed_size(tensors: Any, config: CompressionConfig) -> int:
     if not metas or not config.stages:
         return 0
     emb = 0
-    if config.skip_embedding_layers:
-        from .config import is_embedding_layer
-
-        emb = sum(4 * m.size for m in metas if is_embedding_layer(m.name))
-    from .config import is_embedding_layer as _emb
-
     size = 0.0
     for m in metas:
-        if config.skip_embedding_layers and _emb(m.name):
+        if config.skip_embedding_layers and is_embedding_layer(m.name):
+            emb += 4 * m.size
             continue
         t = float(4 * m.size)
         for s in config.stages:
@@ -567,8 +567,7 @@ def restore(
                 continue
             attrs = {LOGICAL_DTYPE_ATTR: "bfloat16"} if dtype == "bfloat16" else {}
             sink.create(src.meta.name, src.meta.shape, chunks, stored, attrs)
-            per_elem = stored_nbytes(src) / max(src.meta.size, 1)
-            for b, x in io.blocks(src, blocks, lambda b, pe=per_elem: progress.update(int(b.size * pe))):
+            for b, x in io.blocks(src, blocks, progress.on_read(src)):
                 io.write(sink.write, src.meta.name, b.region, _to_dtype(x, dtype).reshape(b.shape))
             io.flush()
     finally:

@@ -25,6 +25,7 @@ __all__ = [
     "ZarrSource",
     "QuantizedSource",
     "open_input",
+    "group_sources",
     "sources_from_arrays",
     "MemorySink",
     "ZarrSink",
@@ -318,6 +319,12 @@ def open_input(path: str | os.PathLike) -> tuple[Any, list[ZarrSource]]:
         raise InvalidStore(f"'{path}' is not a readable Zarr v3 group: {e}") from None
     if getattr(group.metadata, "zarr_format", 3) != 3:
         raise InvalidStore(f"'{path}' is a Zarr v{group.metadata.zarr_format} group; v3 is needed")
+    return group, group_sources(group)
+
+
+def group_sources(group: Any) -> list[TensorSource]:
+    """The tensors of an open Zarr group in model order (quantized tensors as
+    :class:`QuantizedSource`, their companion arrays hidden)."""
     arrays = {}
     with warnings.catch_warnings():
         # __aux__ (config.json, tokenizer files kept with the store) is not Zarr
@@ -350,7 +357,7 @@ def open_input(path: str | os.PathLike) -> tuple[Any, list[ZarrSource]]:
                 raise InvalidStore(f"quantized tensor '{n}' misses its array {e}") from None
         else:
             sources.append(ZarrSource(n, tensors[n]))
-    return group, sources
+    return sources
 
 
 class MemorySink:
@@ -359,9 +366,6 @@ class MemorySink:
     def __init__(self) -> None:
         self.arrays: dict[str, np.ndarray] = {}
         self.attrs: dict[str, dict[str, Any]] = {}
-
-    def completed(self, name: str) -> None:
-        return None
 
     def create(self, name: str, shape, chunks, dtype, attrs: dict[str, Any]) -> None:
         self.arrays[name] = np.zeros(shape, dtype=dtype)
@@ -484,11 +488,6 @@ def _digest(obj: Any) -> str:
 def _local_root(array: Any) -> Path | None:
     root = getattr(getattr(getattr(array, "store_path", None), "store", None), "root", None)
     return Path(root) if root is not None else None
-
-
-def metadata_fingerprint(sources: list[TensorSource]) -> str:
-    """sha256 over every input tensor's fingerprint (no data read)."""
-    return _digest([s.fingerprint() for s in sources])
 
 
 def stored_nbytes(src: TensorSource) -> int:

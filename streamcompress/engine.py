@@ -298,6 +298,162 @@ def _check_resume(sink: ZarrSink, pipeline_fp: str, input_fp: str) -> None:
                              "(use --overwrite to start again)")
 
 
+@dataclass
+class Run:
+    """Everything one compression run decided before any work: the input's
+    sources, which tensors are skipped, the block plans and pipelines, the
+    global stages' states and the fingerprints. Executors take it from here."""
+
+    sources: list[TensorSource]
+    config: CompressionConfig
+    options: EngineOptions
+    skip: list[bool]
+    states: list[Any]
+    plans: list[list[Block]]
+    pipelines: list[TensorPipeline | None]
+    input_fps: list[str]
+    pipeline_fp: str
+    input_fp: str
+
+    @property
+    def want_masks(self) -> bool:
+        return any(p is not None and p.want_mask for p in self.pipelines)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes the whole run reads (every sweep of every tensor)."""
+        return sum(self.sweeps(i) * stored_nbytes(s) for i, s in enumerate(self.sources))
+
+    def sweeps(self, i: int) -> int:
+        p = self.pipelines[i]
+        return p.n_sweeps if p is not None else 1
+
+    def pipeline(self, i: int, states: list[Any] | None = None) -> TensorPipeline | None:
+        """A fresh pipeline for tensor ``i`` (a worker's own, with the states it was sent)."""
+        if self.skip[i]:
+            return None
+        src = self.sources[i]
+        return TensorPipeline(self.config.stages, src.meta, self.plans[i], self.options.nonfinite,
+                              self.options.save_masks, states if states is not None else self.states)
+
+
+def _prepare(sources: list[TensorSource], config: CompressionConfig, skip: list[bool],
+             options: EngineOptions) -> Run:
+    stages = config.stages
+    selected = [s.meta for s, sk in zip(sources, skip) if not sk]
+    states = [s.run_state(selected) for s in stages]
+    plans = [_plan(src, stages, sk, options) for src, sk in zip(sources, skip)]
+    pipelines: list[TensorPipeline | None] = [
+        None if sk else TensorPipeline(stages, src.meta, blocks, options.nonfinite, options.save_masks, states)
+        for src, sk, blocks in zip(sources, skip, plans)
+    ]
+    _check_names(sources, pipelines)
+    input_fps = [src.fingerprint() for src in sources]
+    return Run(sources, config, options, skip, states, plans, pipelines, input_fps,
+               _pipeline_fingerprint(config, options), _digest(input_fps))
+
+
+def process_tensor(run: Run, i: int, pipe: TensorPipeline | None, sink, io: _IO,
+                   progress: _Progress) -> tuple[list[StageStats], dict[str, Any]]:
+    """Compress tensor ``i`` into ``sink`` and mark it complete (durable first).
+
+    Returns its per-stage stats and the info recorded on its array.
+    """
+    src, blocks, stages = run.sources[i], run.plans[i], run.config.stages
+    name = src.meta.name
+    progress.describe(name)
+    chunks = output_chunks(src.meta.shape, blocks, src.chunks)
+
+    def sweep():
+        return io.blocks(src, blocks, progress.on_read(src))
+
+    if pipe is None:
+        attrs = {k: v for k, v in src.attrs.items() if k == LOGICAL_DTYPE_ATTR}
+        sink.create(name, src.meta.shape, chunks, src.raw_dtype, attrs)
+        written = [name]
+        nz = _copy_skipped(src, blocks, io, progress, sink, name)
+        io.flush()
+        stats, infos = skipped_stats(stages, src.meta, nz), [{} for _ in stages]
+    else:
+        specs = pipe.encoding.specs(chunks)
+        for spec in specs:
+            attrs = dict(spec.attrs)
+            if spec.suffix == "":
+                attrs["source_dtype"] = src.logical_dtype
+            sink.create(name + spec.suffix, spec.shape, spec.chunks, spec.dtype, attrs)
+        written = [name + spec.suffix for spec in specs]
+        if pipe.want_mask:
+            sink.create(f"{MASK_GROUP}/{name}", src.meta.shape, chunks, "uint8", {})
+
+        def write(emissions, block, mask):
+            io.write(_write_block, sink, name, emissions, block, mask)
+
+        stats, infos = pipe.run(sweep, write)
+        io.flush()
+    info = {
+        "skipped": pipe is None,
+        "shape": list(src.meta.shape),
+        "source_dtype": src.logical_dtype,
+        "stages": [{**s.to_dict(), **inf} for s, inf in zip(stats, infos)],
+    }
+    if isinstance(sink, ZarrSink):
+        info["stored_bytes"] = sum(sink.stored_bytes(n) for n in written)
+        info["input_fingerprint"] = run.input_fps[i]
+        info["pipeline_fingerprint"] = run.pipeline_fp
+        masks = [f"{MASK_GROUP}/{name}"] if pipe is not None and pipe.want_mask else []
+        sink.make_durable(written + masks)
+    info["complete"] = True
+    sink.update_attrs(name, {"streamcompress": info})
+    log.debug("done %s", name)
+    return stats, info
+
+
+class LocalExecutor:
+    """Runs a :class:`Run` in this process, tensor after tensor in model order
+    (read-ahead and write-behind on two background threads).
+
+    An executor does three things for the engine: each global stage's pass
+    over every selected tensor (``global_pass``), every tensor not kept from
+    an earlier run (``tensors``, yielding ``(index, stats, info)`` in any
+    order), and ``close``. See ``streamcompress.distributed.DaskExecutor``.
+    """
+
+    def __init__(self) -> None:
+        self.io: _IO | None = None
+
+    def _io(self, run: Run) -> _IO:
+        if self.io is None:
+            self.io = _IO(run.options.prefetch)
+        return self.io
+
+    def check(self, run: Run, tensors: Any, sink) -> None:
+        """Refuse what this executor cannot run (nothing, here)."""
+
+    def global_pass(self, run: Run, gi: int, p: int, progress: _Progress) -> None:
+        io = self._io(run)
+        for src, pipe, blocks in zip(run.sources, run.pipelines, run.plans):
+            if pipe is not None:
+                progress.describe(f"{run.config.stages[gi].name} pass {p + 1}: {src.meta.name}")
+                pipe.global_pass(gi, p, lambda src=src, blocks=blocks: io.blocks(src, blocks,
+                                                                                 progress.on_read(src)))
+
+    def tensors(self, run: Run, resumed: dict[int, dict[str, Any]], sink, progress: _Progress):
+        io = self._io(run)
+        for i in range(len(run.sources)):
+            if i in resumed:  # in model order: global stages carry state from tensor to tensor
+                for state, d in zip(run.states, resumed[i]["stages"]):
+                    if state is not None:
+                        state.resume_tensor(d)
+                continue
+            stats, info = process_tensor(run, i, run.pipelines[i], sink, io, progress)
+            yield i, stats, info
+
+    def close(self) -> None:
+        if self.io is not None:
+            self.io.close()
+            self.io = None
+
+
 def compress_model(
     tensors: Any,
     config: CompressionConfig,
@@ -306,6 +462,7 @@ def compress_model(
     overwrite: bool = False,
     resume: bool = False,
     options: EngineOptions | None = None,
+    executor: Any = None,
 ) -> CompressionResult:
     """Run ``config`` over ``tensors``, streaming block by block.
 
@@ -321,6 +478,9 @@ def compress_model(
         complete (same input tensor, same pipeline) are kept, others redone;
         a different input or pipeline is refused.
     options : engine options (memory budget, NaN policy, progress, ...).
+    executor : where the work runs: ``None`` for this process
+        (:class:`LocalExecutor`), or a ``streamcompress.distributed.DaskExecutor``
+        for a Dask cluster. The output is the same byte for byte.
 
     Raises
     ------
@@ -349,106 +509,49 @@ def compress_model(
             log.warning("tensor '%s' (%s) is not a float tensor: copied unchanged", src.meta.name,
                         src.logical_dtype)
     K.check_threading_layer()
-
-    stages = config.stages
-    selected = [m for m, sk in zip(metas, skip) if not sk]
-    states = [s.run_state(selected) for s in stages]
-    plans = [_plan(src, stages, sk, options) for src, sk in zip(sources, skip)]
-    pipelines: list[TensorPipeline | None] = [
-        None if sk else TensorPipeline(stages, src.meta, blocks, options.nonfinite, options.save_masks, states)
-        for src, sk, blocks in zip(sources, skip, plans)
-    ]
-    _check_names(sources, pipelines)
-    total = sum((p.n_sweeps if p else 1) * stored_nbytes(s) for s, p in zip(sources, pipelines))
-
-    pipeline_fp = _pipeline_fingerprint(config, options)
-    input_fps = [src.fingerprint() for src in sources]
-    input_fp = _digest(input_fps)
+    run = _prepare(sources, config, skip, options)
+    executor = executor or LocalExecutor()
     resuming = False
     if output is None:
         sink: MemorySink | ZarrSink = MemorySink()
     else:
-        record = {"pipeline_fingerprint": pipeline_fp, "input_fingerprint": input_fp, "status": "running"}
+        record = {"pipeline_fingerprint": run.pipeline_fp, "input_fingerprint": run.input_fp, "status": "running"}
         sink = ZarrSink(output, overwrite=overwrite, codec=options.codec, resume=resume, run_record=record)
         resuming = sink.resumed
         if resuming:
-            _check_resume(sink, pipeline_fp, input_fp)
+            _check_resume(sink, run.pipeline_fp, run.input_fp)
             sink.set_run_record(record)
-    totals = [StageStats.empty(s.name) for s in stages]
-    tensor_stats: dict[str, dict[str, Any]] = {}
-    io = _IO(options.prefetch)
-    progress = _Progress(options.progress, total)
-
-    def sweeper(src: TensorSource, blocks: list[Block]):
-        return lambda: io.blocks(src, blocks, progress.on_read(src))
-
+    executor.check(run, tensors, sink)
+    progress = _Progress(options.progress, run.total_bytes)
+    done: dict[int, tuple[list[StageStats], dict[str, Any]]] = {}
     try:
-        for gi, state in enumerate(states):
+        for gi, state in enumerate(run.states):
             for p in range(state.n_passes if state is not None else 0):
-                for src, pipe, blocks in zip(sources, pipelines, plans):
-                    if pipe is not None:
-                        progress.describe(f"{stages[gi].name} pass {p + 1}: {src.meta.name}")
-                        pipe.global_pass(gi, p, sweeper(src, blocks))
+                executor.global_pass(run, gi, p, progress)
                 state.end_pass(p)
-        for src, sk, pipe, blocks, fp in zip(sources, skip, pipelines, plans, input_fps):
-            name = src.meta.name
-            progress.describe(name)
-            chunks = output_chunks(src.meta.shape, blocks, src.chunks)
-            done = sink.completed(name) if resuming else None
-            if done is not None and done.get("input_fingerprint") == fp:
-                stats = [StageStats.from_dict(d) for d in done["stages"]]
-                for state, d in zip(states, done["stages"]):
-                    if state is not None:
-                        state.resume_tensor(d)
-                totals = [t.merge(s) for t, s in zip(totals, stats)]
-                tensor_stats[name] = done
+        resumed: dict[int, dict[str, Any]] = {}
+        for i, (src, pipe) in enumerate(zip(sources, run.pipelines)):
+            rec = sink.completed(src.meta.name) if resuming else None
+            if rec is not None and rec.get("input_fingerprint") == run.input_fps[i]:
+                resumed[i] = rec
+                done[i] = ([StageStats.from_dict(d) for d in rec["stages"]], rec)
                 progress.update((pipe.n_sweeps if pipe else 1) * stored_nbytes(src))
-                log.info("kept %s (complete in the earlier run)", name)
-                continue
-            if pipe is None:
-                attrs = {k: v for k, v in src.attrs.items() if k == LOGICAL_DTYPE_ATTR}
-                sink.create(name, src.meta.shape, chunks, src.raw_dtype, attrs)
-                written = [name]
-                nz = _copy_skipped(src, blocks, io, progress, sink, name)
-                io.flush()
-                stats, infos = skipped_stats(stages, src.meta, nz), [{} for _ in stages]
-            else:
-                specs = pipe.encoding.specs(chunks)
-                for spec in specs:
-                    attrs = dict(spec.attrs)
-                    if spec.suffix == "":
-                        attrs["source_dtype"] = src.logical_dtype
-                    sink.create(name + spec.suffix, spec.shape, spec.chunks, spec.dtype, attrs)
-                written = [name + spec.suffix for spec in specs]
-                if pipe.want_mask:
-                    sink.create(f"{MASK_GROUP}/{name}", src.meta.shape, chunks, "uint8", {})
-
-                def write(emissions, block, mask, name=name):
-                    io.write(_write_block, sink, name, emissions, block, mask)
-
-                stats, infos = pipe.run(sweeper(src, blocks), write)
-                io.flush()
-            totals = [t.merge(s) for t, s in zip(totals, stats)]
-            info = {
-                "skipped": bool(sk),
-                "shape": list(src.meta.shape),
-                "source_dtype": src.logical_dtype,
-                "stages": [{**s.to_dict(), **inf} for s, inf in zip(stats, infos)],
-            }
-            if isinstance(sink, ZarrSink):
-                info["stored_bytes"] = sum(sink.stored_bytes(n) for n in written)
-                info["input_fingerprint"] = fp
-                info["pipeline_fingerprint"] = pipeline_fp
-                masks = [f"{MASK_GROUP}/{name}"] if pipe is not None and pipe.want_mask else []
-                sink.make_durable(written + masks)
-            info["complete"] = True
-            tensor_stats[name] = info
-            sink.update_attrs(name, {"streamcompress": info})
-            log.debug("done %s", name)
+                log.info("kept %s (complete in the earlier run)", src.meta.name)
+        if run.want_masks and isinstance(sink, ZarrSink):
+            sink.create_group(MASK_GROUP)
+        for i, stats, info in executor.tensors(run, resumed, sink, progress):
+            done[i] = (stats, info)
     finally:
         progress.close()
-        io.close()
+        executor.close()
 
+    totals = [StageStats.empty(s.name) for s in config.stages]
+    tensor_stats: dict[str, dict[str, Any]] = {}
+    for i, src in enumerate(sources):  # folded in model order: the same sums however tensors ran
+        stats, info = done[i]
+        totals = [t.merge(s) for t, s in zip(totals, stats)]
+        tensor_stats[src.meta.name] = info
+    pipeline_fp, input_fp = run.pipeline_fp, run.input_fp
     names = [s.meta.name for s in sources]
     result = CompressionResult(
         stage_stats=totals,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -409,10 +410,32 @@ class ZarrSink:
         if p.exists() and not overwrite:
             raise OutputExists(str(path))
         try:
-            # the run record is written with the group itself: no window without it
-            self.group = _open_group(p, "w", {"streamcompress_run": run_record} if run_record else None)
+            # The run record is written with the group itself, made aside and renamed into
+            # place: a killed run leaves either no output or a group with its record.
+            if p.exists():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            tmp = p.with_name(f".{p.name}.creating-{os.getpid()}")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            _open_group(tmp, "w", {"streamcompress_run": run_record} if run_record else None)
+            os.rename(tmp, p)
+            self.group = _open_group(p, "r+")
         except OSError as e:
             raise InvalidStore(f"cannot create output '{path}': {e.strerror or e}") from None
+
+    @classmethod
+    def attach(cls, path: str | os.PathLike, codec: str = "zstd") -> ZarrSink:
+        """The sink of a run started elsewhere (a Dask worker writing its share)."""
+        self = cls.__new__(cls)
+        self.path, self.codec, self.arrays, self.resumed = Path(path), codec, {}, False
+        try:
+            self.group = _open_group(self.path, "r+")
+        except Exception as e:  # noqa: BLE001
+            raise InvalidStore(f"cannot open output '{path}' on this worker: {e}") from None
+        return self
+
+    def create_group(self, name: str) -> None:
+        self.group.require_group(name)
 
     def run_record(self) -> dict[str, Any]:
         rec = self.group.attrs.get("streamcompress_run")

@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--save-masks", action="store_true", help="also write prune masks (__masks__/NAME)")
     c.add_argument("--report", metavar="FILE", help="write the JSON report to FILE")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    d = c.add_mutually_exclusive_group()
+    d.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on a running Dask cluster, e.g. tcp://host:8786 (workers must see IN and OUT)")
+    d.add_argument("--workers", type=int, metavar="N",
+                   help="run on a local Dask cluster of N worker processes")
 
     e = sub.add_parser("estimate", help="estimate the compressed size from metadata only")
     e.add_argument("input", metavar="IN", help="input Zarr v3 group")
@@ -230,8 +235,13 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                          codec=args.codec, progress=progress)
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
+    executor = None
+    if args.scheduler or args.workers is not None:
+        from .distributed import DaskExecutor
+
+        executor = DaskExecutor(scheduler=args.scheduler, workers=args.workers)
     result = compress_model(args.input, cfg, output=args.output, overwrite=args.overwrite, resume=args.resume,
-                            options=opts)
+                            options=opts, executor=executor)
     print(result.summary())
     print("Error statistics (each stage against its input):")
     print(result.error_summary())

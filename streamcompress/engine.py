@@ -338,7 +338,7 @@ class Run:
 
 
 def _prepare(sources: list[TensorSource], config: CompressionConfig, skip: list[bool],
-             options: EngineOptions) -> Run:
+             options: EngineOptions, input_fps: list[str] | None = None) -> Run:
     stages = config.stages
     selected = [s.meta for s, sk in zip(sources, skip) if not sk]
     states = [s.run_state(selected) for s in stages]
@@ -348,7 +348,8 @@ def _prepare(sources: list[TensorSource], config: CompressionConfig, skip: list[
         for src, sk, blocks in zip(sources, skip, plans)
     ]
     _check_names(sources, pipelines)
-    input_fps = [src.fingerprint() for src in sources]
+    if input_fps is None:
+        input_fps = [src.fingerprint() for src in sources]
     return Run(sources, config, options, skip, states, plans, pipelines, input_fps,
                _pipeline_fingerprint(config, options), _digest(input_fps))
 

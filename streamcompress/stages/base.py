@@ -140,12 +140,29 @@ class KthSelector:
         else:
             self._hist += K.hist16(keys, self._high)
 
+    def take_partial(self) -> np.ndarray | None:
+        """This copy's histogram of the pass so far (None: nothing observed), then reset.
+
+        Partials of disjoint parts of the data add up to the whole histogram
+        (:meth:`add_partial`), so a pass can be split over processes.
+        """
+        h, self._hist = self._hist, None
+        return h
+
+    def add_partial(self, hist: np.ndarray | None) -> None:
+        if hist is None:
+            return
+        if self._hist is None:
+            self._hist = np.array(hist, dtype=np.int64)
+        else:
+            self._hist += hist
+
     def end_pass(self, pass_index: int) -> None:
         if self._hist is None:
             self._hist = np.zeros(1 << 16, dtype=np.int64)
         if pass_index == 0:
             self._high, self._below_high = K.locate_kth(self._hist, self.k)
-            self._hist[:] = 0
+            self._hist = None  # the next pass starts from zero
         else:
             low, below_low = K.locate_kth(self._hist, self.k - self._below_high)
             self.threshold = (self._high << 16) | low
@@ -164,6 +181,31 @@ class GlobalState:
 
     def resume_tensor(self, info: dict[str, Any]) -> None:
         """A tensor finished by an earlier run is skipped: carry its recorded ``info`` on."""
+
+    # -- splitting the passes over processes (streamcompress.distributed) ---------------
+    # A worker gets a copy of the state, observes some tensors, and returns
+    # ``take_partial()``; the partials are merged with ``merge_partials`` (a
+    # monoid: associative, with None as the identity) and the sum is given to
+    # the run's state with ``add_partial`` before ``end_pass``.
+
+    def take_partial(self) -> Any:
+        """What this copy accumulated in the current pass (then reset)."""
+        return None
+
+    def add_partial(self, partial: Any) -> None:
+        """Fold a merged partial of the current pass into this state."""
+
+    @staticmethod
+    def merge_partials(a: Any, b: Any) -> Any:
+        return a if b is None else b if a is None else a + b
+
+    def tensor_carry(self, partial: Any) -> int:
+        """After the last pass: what one tensor (given its last-pass partial) adds
+        to the count carried from tensor to tensor in model order (e.g. ties)."""
+        return 0
+
+    def start_tensor(self, carried: int) -> None:
+        """Set the carried count to its value before a tensor (the sum over earlier tensors)."""
 
 
 class Stage(ABC):

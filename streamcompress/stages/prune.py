@@ -239,6 +239,23 @@ class _GlobalPruneState(GlobalState):
         if "ties_end" in info:
             self.ties_seen = int(info["ties_end"])
 
+    def take_partial(self) -> np.ndarray | None:
+        return self.sel.take_partial() if self.sel is not None else None
+
+    def add_partial(self, partial: np.ndarray | None) -> None:
+        if self.sel is not None:
+            self.sel.add_partial(partial)
+
+    def tensor_carry(self, partial: np.ndarray | None) -> int:
+        # the last pass histograms the low 16 bits of keys sharing the threshold's
+        # high bits: its bin at the threshold counts the tensor's ties
+        if self.sel is None or partial is None:
+            return 0
+        return int(partial[self.sel.threshold & 0xFFFF])
+
+    def start_tensor(self, carried: int) -> None:
+        self.ties_seen = int(carried)
+
 
 class _GlobalRunner(StageRunner):
     n_passes = 0  # the statistic is the run's (see _GlobalPruneState)

@@ -201,15 +201,12 @@ class DaskExecutor:
 
     def tensors(self, run: Run, resumed: dict[int, dict[str, Any]], sink: Any,
                 progress: _Progress) -> Iterator[tuple[int, list, dict[str, Any]]]:
-        from distributed import as_completed
-
         self._settle_carries(run)
         futs = {self.client.submit(_tensor_task, self.job, i, self._states(run, i), pure=False): i
                 for i in range(len(run.sources)) if i not in resumed}
         global_sweeps = sum(st.n_passes for st in run.states if st is not None)
         try:
-            for fut in as_completed(futs):
-                check_stop()
+            for fut in _completed(list(futs)):
                 i = futs[fut]
                 stats, info = fut.result()
                 g = global_sweeps if run.pipelines[i] is not None else 0
@@ -251,7 +248,7 @@ class DaskExecutor:
             n = int(self.workers)
             threads = max(1, (os.cpu_count() or 1) // n)
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                   silence_logs=logging.WARNING, env={"NUMBA_NUM_THREADS": str(threads)})
+                                   silence_logs=logging.ERROR, env={"NUMBA_NUM_THREADS": str(threads)})
             self._own.append(cluster)
             self.client = Client(cluster)
         self._own.append(self.client)
@@ -292,10 +289,25 @@ class DaskExecutor:
         return futs[0] if futs else None
 
     def _wait(self, futs: dict[int, Any], done) -> None:
-        from distributed import as_completed
-
         index = {f: i for i, f in futs.items()}
-        for fut in as_completed(list(futs.values())):
-            check_stop()
+        for fut in _completed(list(futs.values())):
             fut.result()  # raise a task's error here
             done(index[fut])
+
+
+def _completed(futs: list) -> Iterator:
+    """Futures as they finish; a stop request (SIGINT/SIGTERM) is seen within half a second."""
+    from distributed import wait
+
+    pending = list(futs)
+    while pending:
+        check_stop()
+        done = [f for f in pending if f.done()]
+        if not done:
+            try:
+                wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                pass
+            continue
+        pending = [f for f in pending if not f.done() or f not in done]
+        yield from done

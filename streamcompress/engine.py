@@ -391,6 +391,7 @@ def process_tensor(run: Run, i: int, pipe: TensorPipeline | None, sink, io: _IO,
 
         stats, infos = pipe.run(sweep, write)
         io.flush()
+        progress.update(pipe.skipped_sweeps * stored_nbytes(src))
     info = {
         "skipped": pipe is None,
         "shape": list(src.meta.shape),

@@ -75,6 +75,8 @@ class TensorPipeline:
         self.runners = [s.runner(meta, blocks, st) for s, st in zip(stages, states)]
         self.global_passes = sum(st.n_passes for st in states if st is not None)
         self._stats_done = [False] * len(stages)
+        #: planned sweeps found unnecessary (a selector resolved in one pass)
+        self.skipped_sweeps = 0
         self._checked = False
         self.encoding: Encoding = (self.runners[-1].encoding() if self.runners else None) or FloatEncoding(meta)
 
@@ -110,9 +112,12 @@ class TensorPipeline:
             if self._stats_done[i]:
                 continue
             runner = self.runners[i]
-            for p in range(runner.n_passes):
+            planned, p = runner.n_passes, 0
+            while p < runner.n_passes:  # a runner may find after a pass that it needs no more
                 self._observe_sweep(i, p, sweep)
                 runner.end_pass(p)
+                p += 1
+            self.skipped_sweeps += planned - p
             self._stats_done[i] = True
 
     def global_pass(self, i: int, p: int, sweep: Sweep) -> None:
@@ -126,10 +131,14 @@ class TensorPipeline:
         for r in self.runners:
             r.begin_sweep()
         partial = [StageStats.empty(s.name) for s in self.stages]
+        spare = np.empty(0, np.float32)  # one reused buffer for each stage's input (no page faults per block)
         for block, x in self._prepared(sweep(), not self._checked):
             mask = np.ones(x.size, dtype=np.uint8) if self.want_mask else None
+            if spare.size < x.size:
+                spare = np.empty(x.size, np.float32)
+            before = spare[: x.size]
             for j, r in enumerate(self.runners):
-                before = x.copy()
+                np.copyto(before, x)
                 r.apply(block, x, mask)
                 nz, sse, mx, sig = K.diff_stats(before, x)
                 partial[j] = partial[j].merge(

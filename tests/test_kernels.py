@@ -37,6 +37,47 @@ def test_two_pass_selection_finds_exact_kth(rng, ties):
         assert below + below2 == int((keys < srt[k - 1]).sum())
 
 
+@pytest.mark.parametrize("n", [1, 4096, 70001])
+def test_hist16_window_adds_low_histograms_of_a_band(rng, n):
+    x = data(rng, n)
+    keys = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    lo = max(0, int(np.median(keys >> 16)) - 2)
+    win = np.ones((5, 1 << 16), np.int64)  # added to, not overwritten
+    coarse = K.hist16_window(x.view(np.uint32), lo, win)
+    assert (coarse == np.bincount(keys >> 16, minlength=1 << 16)).all()
+    for j in range(5):
+        sel = keys[(keys >> 16) == lo + j] & 0xFFFF
+        assert (win[j] - 1 == np.bincount(sel, minlength=1 << 16)).all()
+
+
+@pytest.mark.parametrize("order", ["iid", "sorted", "reversed"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_selector_one_pass_when_the_first_block_guesses_right(rng, order, ties):
+    """The selector's window (guessed from the first block) gives the same exact
+    k-th key as two passes; sorted data makes the guess miss and pass 2 runs."""
+    from streamcompress.stages.base import KthSelector
+
+    x = np.abs(data(rng, 60000, ties))
+    if order != "iid":
+        x = np.sort(x)[:: 1 if order == "sorted" else -1].copy()
+    keys = x.view(np.uint32)
+    srt = np.sort(keys)
+    for k in [1, 900, 30000, 60000]:
+        sel = KthSelector(k, keys.size)
+        for p in range(2):
+            if p >= sel.n_passes:
+                break
+            for b in range(0, keys.size, 20000):
+                sel.observe(p, keys[b:b + 20000])
+            sel.end_pass(p)
+        assert sel.threshold == srt[k - 1]
+        assert sel.below == int((keys < srt[k - 1]).sum()) and sel.ties == int((keys == srt[k - 1]).sum())
+        if order == "iid" and k == 30000:  # a median is guessed well from 20000 keys
+            assert sel.n_passes == 1
+    if order == "sorted":
+        assert sel.n_passes == 2  # k = n: the first block's guess is far below
+
+
 def test_locate_kth_rejects_out_of_range():
     with pytest.raises(ValueError):
         K.locate_kth(np.array([1, 1]), 3)

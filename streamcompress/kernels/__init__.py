@@ -32,6 +32,7 @@ _WHERE = {
     "unpack_nibbles": "quant",
     "NBINS": "select",
     "hist16": "select",
+    "hist16_window": "select",
     "locate_kth": "select",
     "accumulate_col_scores": "structured",
     "accumulate_row_scores": "structured",

@@ -15,7 +15,7 @@ from numba import prange
 
 from ._jit import PJIT
 
-__all__ = ["hist16", "locate_kth", "NBINS"]
+__all__ = ["hist16", "hist16_window", "locate_kth", "NBINS"]
 
 NBINS = 1 << 16
 
@@ -43,6 +43,46 @@ def _hist16(u, low, high_match, nthreads):
     for s in range(nslots):
         out += slots[s]
     return out
+
+
+@numba.njit(**PJIT)
+def _hist16_window(u, win_lo, win, nthreads):
+    """High-16-bit histogram, plus into ``win[j]`` (added to) the low-16-bit
+    histogram of the keys whose high bits are ``win_lo + j``."""
+    n = u.size
+    nwin = win.shape[0]
+    nslots = min(nthreads, max(1, n // 4096))
+    per = (n + nslots - 1) // nslots
+    slots = np.zeros((nslots, 65536), dtype=np.int64)
+    wslots = np.zeros((nslots, nwin, 65536), dtype=np.int32)
+    for s in prange(nslots):
+        lo = s * per
+        hi = min(n, lo + per)
+        h = slots[s]
+        w = wslots[s]
+        for i in range(lo, hi):
+            key = u[i] & np.uint32(0x7FFFFFFF)
+            top = np.int64(key >> np.uint32(16))
+            h[top] += 1
+            j = top - win_lo
+            if j >= 0 and j < nwin:
+                w[j, key & np.uint32(0xFFFF)] += 1
+    out = np.zeros(65536, dtype=np.int64)
+    for s in range(nslots):
+        out += slots[s]
+        for j in range(nwin):
+            for b in range(65536):
+                win[j, b] += wslots[s, j, b]
+    return out
+
+
+def hist16_window(keys: np.ndarray, win_lo: int, win: np.ndarray) -> np.ndarray:
+    """:func:`hist16` of the high bits, and the low-bit histograms of the high
+    bins ``win_lo .. win_lo + len(win) - 1`` added into ``win`` (int64, shape
+    ``(nwin, 65536)``), in one read of ``keys``."""
+    if keys.size >= 1 << 31:
+        raise ValueError("hist16_window takes blocks of fewer than 2**31 keys")
+    return _hist16_window(keys, np.int64(win_lo), win, numba.get_num_threads())
 
 
 def hist16(keys: np.ndarray, high: int | None = None) -> np.ndarray:

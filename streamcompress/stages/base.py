@@ -115,17 +115,30 @@ class IdentityRunner(StageRunner):
 
 
 class KthSelector:
-    """Finds the exact k-th smallest key (1-based) in two histogram passes.
+    """Finds the exact k-th smallest key (1-based) in two histogram passes, or one.
 
-    After both passes: ``threshold`` holds the key bits, ``below`` the count of
-    keys strictly smaller and ``ties`` the count equal to it.
+    Pass 1 histograms the high 16 bits; pass 2 the low 16 bits of the keys in
+    the chosen high bin. When ``n`` (the number of keys) is given, pass 1
+    also guesses the chosen bin from the first block's own quantile and keeps
+    the low-bit histograms of a few bins around the guess (``WINDOW`` on each
+    side, 512 KiB each); when the chosen bin is among them, pass 2 is not
+    needed (``n_passes`` drops to 1 after ``end_pass(0)``). The result is the
+    same either way: that window row *is* pass 2's histogram.
+
+    After the last pass: ``threshold`` holds the key bits, ``below`` the count
+    of keys strictly smaller and ``ties`` the count equal to it.
     """
 
-    n_passes = 2
+    #: high bins kept on each side of the guessed one
+    WINDOW = 4
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, n: int | None = None) -> None:
         self.k = int(k)
+        self.n = n
+        self.n_passes = 2
         self._hist: np.ndarray | None = None  # allocated on first use
+        self._win: np.ndarray | None = None
+        self._win_lo = 0
         self._high = -1
         self._below_high = 0
         self.threshold: int | None = None
@@ -136,7 +149,18 @@ class KthSelector:
         if self._hist is None:
             self._hist = np.zeros(1 << 16, dtype=np.int64)
         if pass_index == 0:
-            self._hist += K.hist16(keys)
+            if self.n and self._win is None and keys.size:  # the first block: guess the bin
+                first = K.hist16(keys)
+                self._hist += first
+                guess = min(max(1, -(-self.k * keys.size // self.n)), keys.size)
+                self._win_lo = max(0, K.locate_kth(first, guess)[0] - self.WINDOW)
+                self._win = np.zeros((2 * self.WINDOW + 1, 1 << 16), dtype=np.int64)
+                K.hist16_window(keys, self._win_lo, self._win)  # (its high histogram is `first`)
+                return
+            if self._win is not None:
+                self._hist += K.hist16_window(keys, self._win_lo, self._win)
+            else:
+                self._hist += K.hist16(keys)
         else:
             self._hist += K.hist16(keys, self._high)
 
@@ -144,7 +168,8 @@ class KthSelector:
         """This copy's histogram of the pass so far (None: nothing observed), then reset.
 
         Partials of disjoint parts of the data add up to the whole histogram
-        (:meth:`add_partial`), so a pass can be split over processes.
+        (:meth:`add_partial`), so a pass can be split over processes (only
+        selectors made without ``n``, which never skip pass 2).
         """
         h, self._hist = self._hist, None
         return h
@@ -162,7 +187,12 @@ class KthSelector:
             self._hist = np.zeros(1 << 16, dtype=np.int64)
         if pass_index == 0:
             self._high, self._below_high = K.locate_kth(self._hist, self.k)
+            win, self._win = self._win, None
             self._hist = None  # the next pass starts from zero
+            if win is not None and 0 <= self._high - self._win_lo < len(win):
+                self._hist = win[self._high - self._win_lo].copy()
+                self.n_passes = 1
+                self.end_pass(1)
         else:
             low, below_low = K.locate_kth(self._hist, self.k - self._below_high)
             self.threshold = (self._high << 16) | low

@@ -42,7 +42,7 @@ class Clip(Stage):
     def runner(self, meta: TensorMeta, blocks: list[Block], state: Any = None) -> StageRunner:
         if meta.size == 0:
             return IdentityRunner()
-        return _ClipRunner(self.rank(meta.size))
+        return _ClipRunner(self.rank(meta.size), meta.size)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "configuration": {"percentile": self.percentile}}
@@ -55,10 +55,12 @@ class Clip(Stage):
 
 
 class _ClipRunner(StageRunner):
-    n_passes = 2
+    def __init__(self, k: int, n: int) -> None:
+        self.sel = KthSelector(k, n)
 
-    def __init__(self, k: int) -> None:
-        self.sel = KthSelector(k)
+    @property
+    def n_passes(self) -> int:
+        return self.sel.n_passes
 
     def observe(self, pass_index: int, block: Block, x: np.ndarray) -> None:
         self.sel.observe(pass_index, x.view(np.uint32))

@@ -148,7 +148,7 @@ class Prune(Stage):
         if k == 0:
             return IdentityRunner(pruned_units=0, units=units)
         if self.config.granularity is Granularity.UNSTRUCTURED:
-            return _UnstructuredRunner(self.config, k)
+            return _UnstructuredRunner(self.config, k, meta.size)
         return _StructuredRunner(self.config, meta, k, units)
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,17 +183,19 @@ def score_keys(metric: Metric, seed: int, block: Block, x: np.ndarray) -> np.nda
 
 
 class _UnstructuredRunner(StageRunner):
-    n_passes = 2
-
-    def __init__(self, cfg: PruningConfig, k: int) -> None:
+    def __init__(self, cfg: PruningConfig, k: int, n: int) -> None:
         self.cfg = cfg
         self.k = k
-        self.sel = KthSelector(k)
+        self.sel = KthSelector(k, n)
         self.ties_seen = 0
         self._empty_mask = np.zeros(0, dtype=np.uint8)
 
     def observe(self, pass_index: int, block: Block, x: np.ndarray) -> None:
         self.sel.observe(pass_index, score_keys(self.cfg.metric, self.cfg.seed, block, x))
+
+    @property
+    def n_passes(self) -> int:
+        return self.sel.n_passes
 
     def end_pass(self, pass_index: int) -> None:
         self.sel.end_pass(pass_index)

@@ -139,28 +139,51 @@ def check_stop() -> None:
 
 
 class _IO:
-    """Read-ahead and write-behind threads."""
+    """Read-ahead and write-behind threads, and a ring of three reused read buffers.
+
+    Three suffice: the block read ahead, the block in hand, and the block the
+    write in flight may still hold (``write`` waits for the previous write
+    before it starts the next).
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.reader = ThreadPoolExecutor(1, "sc-read") if enabled else None
         self.writer = ThreadPoolExecutor(1, "sc-write") if enabled else None
         self.pending: Future | None = None
+        self.ring: list[np.ndarray] = []
+        self.turn = 0
+
+    def _reader(self, src: TensorSource, blocks: list[Block]):
+        """``read(block)`` for this sweep: into the ring when the source can."""
+        if not src.reads_into or not blocks:
+            return src.read
+        need = max(b.size for b in blocks)
+        if not self.ring or self.ring[0].size < need:
+            self.ring = [np.empty(need, np.float32) for _ in range(3)]
+
+        def read(b: Block) -> np.ndarray:
+            buf = self.ring[self.turn % 3]
+            self.turn += 1
+            return src.read_into(b, buf)
+
+        return read
 
     def blocks(self, src: TensorSource, blocks: list[Block], on_read) -> Iterator:
+        read = self._reader(src, blocks)
         if not self.enabled:
             for b in blocks:
                 check_stop()
-                x = src.read(b)
+                x = read(b)
                 on_read(b)
                 yield b, x
             return
-        fut = self.reader.submit(src.read, blocks[0]) if blocks else None
+        fut = self.reader.submit(read, blocks[0]) if blocks else None
         try:
             for i, b in enumerate(blocks):
                 check_stop()
                 x = fut.result()
-                fut = self.reader.submit(src.read, blocks[i + 1]) if i + 1 < len(blocks) else None
+                fut = self.reader.submit(read, blocks[i + 1]) if i + 1 < len(blocks) else None
                 on_read(b)
                 yield b, x
         finally:

@@ -138,9 +138,12 @@ class TensorPipeline:
                 spare = np.empty(x.size, np.float32)
             before = spare[: x.size]
             for j, r in enumerate(self.runners):
-                np.copyto(before, x)
-                r.apply(block, x, mask)
-                nz, sse, mx, sig = K.diff_stats(before, x)
+                if r.fused_stats:  # measured by the stage's own kernel, in the same read
+                    nz, sse, mx, sig = r.apply(block, x, mask)
+                else:
+                    np.copyto(before, x)
+                    r.apply(block, x, mask)
+                    nz, sse, mx, sig = K.diff_stats(before, x)
                 partial[j] = partial[j].merge(
                     StageStats(
                         nonzero_params_after=int(nz),

@@ -138,12 +138,9 @@ class TensorPipeline:
                 spare = np.empty(x.size, np.float32)
             before = spare[: x.size]
             for j, r in enumerate(self.runners):
-                if r.fused_stats:  # measured by the stage's own kernel, in the same read
-                    nz, sse, mx, sig = r.apply(block, x, mask)
-                else:
-                    np.copyto(before, x)
-                    r.apply(block, x, mask)
-                    nz, sse, mx, sig = K.diff_stats(before, x)
+                np.copyto(before, x)
+                r.apply(block, x, mask)
+                nz, sse, mx, sig = K.diff_stats(before, x)
                 partial[j] = partial[j].merge(
                     StageStats(
                         nonzero_params_after=int(nz),

@@ -94,45 +94,10 @@ def test_prune_threshold_tie_rule(rng, ties_left):
     expect = np.where(cut, np.float32(0), x)
     y = x.copy()
     mask = np.full(x.size, 7, np.uint8)
-    ties, stats = K.prune_threshold(y, y.view(np.uint32), np.uint32(thr), ties_left, mask, True)
+    ties = K.prune_threshold(y.view(np.uint32), y.view(np.uint32), np.uint32(thr), ties_left, mask, True)
     assert ties == is_tie.sum()
     assert (y.view(np.uint32) == expect.view(np.uint32)).all()
     assert (mask == (~cut).astype(np.uint8)).all()
-    assert_stats(stats, x, expect)
-    if ties_left >= is_tie.sum():  # told that every tie goes: the same result without counting first
-        z = x.copy()
-        assert K.prune_threshold(z, z.view(np.uint32), np.uint32(thr), 0, mask, False, all_ties=True)[0] == ties
-        assert (z.view(np.uint32) == expect.view(np.uint32)).all()
-
-
-def assert_stats(stats, before, after):
-    """Fused stats against naive numpy (float64; the kernel sums per tile, so
-    sums agree to rounding) and bit-exactly against diff_stats of the two arrays."""
-    nz, sse, mx, sig = stats
-    b, a = before.astype(np.float64), after.astype(np.float64)
-    d = a - b
-    fin = np.isfinite(d)
-    assert nz == np.count_nonzero(after)
-    assert sse == pytest.approx(float((d[fin] ** 2).sum()), rel=1e-12, abs=1e-300)
-    assert mx == (float(np.abs(d[fin]).max()) if fin.any() else 0.0)
-    assert sig == pytest.approx(float((b[np.isfinite(b)] ** 2).sum()), rel=1e-12)
-    assert tuple(stats) == tuple(K.diff_stats(before, after))
-
-
-@pytest.mark.parametrize("special", [False, True])
-def test_quantize_units_stats_are_diff_stats(rng, special):
-    x = data(rng, 200003)
-    if special:
-        x[[7, 70000, 150000]] = [np.inf, -np.inf, np.nan]
-    L = 1000
-    units = -(-x.size // L)
-    amax = np.array([np.abs(x[i * L:(i + 1) * L][np.isfinite(x[i * L:(i + 1) * L])]).max() for i in range(units)],
-                    np.float32)
-    scales = (amax / np.float32(127)).astype(np.float32)
-    y = x.copy()
-    stats = K.quantize_units(y, 0, L, L, scales, scales, np.zeros(units, np.int64), -127, 127, False,
-                             np.empty(x.size, np.int16))
-    assert_stats(stats, x, y)
 
 
 def test_quantize_matches_reference_bit_exactly(rng):

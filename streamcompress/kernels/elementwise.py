@@ -11,7 +11,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._jit import JIT, PJIT, TILE
+from ._jit import PJIT, TILE
 
 __all__ = [
     "count_nonzero",
@@ -123,105 +123,49 @@ def _tie_counts(keys, thr):
 
 
 @numba.njit(**PJIT)
-def _cut_stats(x, keys, thr, lim, ranked, ties_left, offsets, mask, want_mask):
-    """Zero ``x`` (float32) where the key is ``< lim``, or with ``ranked`` below
-    ``thr`` plus the ties whose rank (from ``offsets`` per tile) is under
-    ``ties_left``; count the ties and take :func:`diff_stats` in the same read."""
+def _cut_ranked(x, keys, thr, ties_left, ties, mask, want_mask):
     n = x.size
-    nt = max((n + TILE - 1) // TILE, 1)
-    nz = np.zeros(nt, dtype=np.int64)
-    sse = np.zeros(nt, dtype=np.float64)
-    mx = np.zeros(nt, dtype=np.float64)
-    sig = np.zeros(nt, dtype=np.float64)
-    tc = np.zeros(nt, dtype=np.int64)
+    nt = ties.size
+    offset = np.zeros(nt, dtype=np.int64)
+    acc = 0
+    for t in range(nt):
+        offset[t] = acc
+        acc += ties[t]
     for t in prange(nt):
-        rank = offsets[t] if ranked else 0
-        c = 0
-        e = 0.0
-        m = 0.0
-        s = 0.0
-        ties = 0
+        rank = offset[t]
         for i in range(t * TILE, min(n, (t + 1) * TILE)):
-            b = x[i]
             k = keys[i] & np.uint32(0x7FFFFFFF)
-            tie = k == thr
-            if ranked:
-                cut = k < thr or (tie and rank < ties_left)
-            else:
-                cut = k < lim
-            if tie:
+            cut = False
+            if k < thr:
+                cut = True
+            elif k == thr:
+                if rank < ties_left:
+                    cut = True
                 rank += 1
-                ties += 1
-            a = np.float32(0.0) if cut else b
             if cut:
-                x[i] = np.float32(0.0)
+                x[i] = np.uint32(0)
             if want_mask:
                 mask[i] = 0 if cut else 1
-            c, e, m, s = stat_acc(b, a, c, e, m, s)
-        nz[t] = c
-        sse[t] = e
-        mx[t] = m
-        sig[t] = s
-        tc[t] = ties
-    return tc.sum(), tile_totals(nz, sse, mx, sig)
 
 
-def prune_threshold(x, keys, thr, ties_left, mask, want_mask, all_ties=False):
+def prune_threshold(x, keys, thr, ties_left, mask, want_mask):
     """Zero keys below ``thr`` and the first ``ties_left`` keys equal to it (flat order).
 
-    ``x`` is the float32 block (+0.0 is written); ``keys`` its uint32 scores
-    (may be ``x``'s own bits). ``mask`` (uint8, same size when ``want_mask``)
-    gets 1 kept / 0 pruned. ``all_ties``: the caller knows every tie is pruned
-    (no need to count them first). Returns ``(ties in this block, stats)`` with
-    ``stats`` as :func:`diff_stats` of the block before and after, so the
-    caller can carry the running tie count. Only a block holding the cut-off
-    tie ranks its ties one by one.
+    ``x`` is the block's ``uint32`` view (taken by the caller; +0.0 is written).
+    ``mask`` (uint8, same size when ``want_mask``) gets 1 kept / 0 pruned.
+    Returns the number of ties in this block, so the caller can carry the
+    running tie count to the next block. Only a block holding the cut-off tie
+    ranks its ties one by one; the others are a plain comparison.
     """
-    thr = np.uint32(thr)
-    no_offsets = np.zeros(1, np.int64)
-    if all_ties:
-        return _cut_stats(x, keys, thr, np.uint32(thr + 1), False, 0, no_offsets, mask, want_mask)
-    if ties_left <= 0:  # every tie here is kept
-        return _cut_stats(x, keys, thr, thr, False, 0, no_offsets, mask, want_mask)
-    ties = _tie_counts(keys, thr)
-    if int(ties.sum()) <= ties_left:  # every tie here is pruned
-        return _cut_stats(x, keys, thr, np.uint32(thr + 1), False, 0, no_offsets, mask, want_mask)
-    offsets = np.concatenate((np.zeros(1, np.int64), np.cumsum(ties)[:-1]))
-    return _cut_stats(x, keys, thr, thr, True, ties_left, offsets, mask, want_mask)
-
-
-@numba.njit(**JIT)
-def stat_acc(b32, a32, c, e, m, s):
-    """One element's share of :func:`diff_stats` (before ``b32``, after ``a32``),
-    for kernels that transform and measure in one read. Skipping non-finite
-    terms always gives what diff_stats gives: its plain sums are kept only when
-    every term was finite, and its redo skips exactly these terms."""
-    a = np.float64(a32)
-    b = np.float64(b32)
-    if a != 0:
-        c += 1
-    d = a - b
-    if np.isfinite(d):
-        e += d * d
-        if abs(d) > m:
-            m = abs(d)
-    if np.isfinite(b):
-        s += b * b
-    return c, e, m, s
-
-
-@numba.njit(**JIT)
-def tile_totals(nz, sse, mx, sig):
-    """Per-tile partial stats added in tile order: ``(nonzero, sum_sq_err, max_abs_err, sum_sq_signal)``."""
-    tot_e = 0.0
-    tot_s = 0.0
-    tot_m = 0.0
-    for t in range(nz.size):
-        tot_e += sse[t]
-        tot_s += sig[t]
-        if mx[t] > tot_m:
-            tot_m = mx[t]
-    return nz.sum(), tot_e, tot_m, tot_s
+    ties = _tie_counts(keys, np.uint32(thr))
+    total = int(ties.sum())
+    if total <= ties_left:  # every tie here is pruned
+        cut_below(x, keys, np.uint32(thr + 1), mask, want_mask)
+    elif ties_left <= 0:  # every tie here is kept
+        cut_below(x, keys, np.uint32(thr), mask, want_mask)
+    else:
+        _cut_ranked(x, keys, np.uint32(thr), ties_left, ties, mask, want_mask)
+    return total
 
 
 @numba.njit(**PJIT)
@@ -272,4 +216,12 @@ def diff_stats(before, after):
         sse[t] = e
         mx[t] = m
         sig[t] = s
-    return tile_totals(nz, sse, mx, sig)
+    tot_e = 0.0
+    tot_s = 0.0
+    tot_m = 0.0
+    for t in range(nt):
+        tot_e += sse[t]
+        tot_s += sig[t]
+        if mx[t] > tot_m:
+            tot_m = mx[t]
+    return nz.sum(), tot_e, tot_m, tot_s

@@ -14,8 +14,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._jit import JIT, PJIT, TILE
-from .elementwise import stat_acc, tile_totals
+from ._jit import JIT, PJIT
 
 __all__ = ["unit_range", "unit_absmax", "unit_minmax", "quantize_units", "quantize_int8_sim", "dequantize_units",
            "pack_nibbles", "unpack_nibbles"]
@@ -85,22 +84,23 @@ def unit_minmax(x: np.ndarray, start: int, L: int, g: int) -> tuple[np.ndarray, 
 
 
 @numba.njit(**PJIT)
-def _quantize_units(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes):
+def quantize_units(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes):
+    """Codes of the block, in ``codes`` (int16, same size as ``x``); ``x`` becomes
+    the dequantized values ``(q - zp) * scale``.
+
+    ``q = clamp(round_half_away(x / scale) + zp, qmin, qmax)``, or with
+    ``use_inv`` ``round_half_away(x * inv)`` (ggml's Q8_0 rule). A zero scale
+    gives ``q = zp``. ``scales``/``inv``/``zps`` are indexed from the block's
+    first unit. Work is split in fixed tiles; inside a tile the loop runs over
+    runs of one unit, so the unit index is computed per run, not per element.
+    """
     G = (L + g - 1) // g
     u0 = _unit(start, L, g, G)
     n = x.size
-    nt = max((n + TILE - 1) // TILE, 1)
-    nz = np.zeros(nt, dtype=np.int64)
-    sse = np.zeros(nt, dtype=np.float64)
-    mx = np.zeros(nt, dtype=np.float64)
-    sig = np.zeros(nt, dtype=np.float64)
+    nt = (n + 65535) // 65536
     for t in prange(nt):
-        i = t * TILE
-        end = min(n, i + TILE)
-        c = 0
-        e = 0.0
-        mm = 0.0
-        sg = 0.0
+        i = t * 65536
+        end = min(n, i + 65536)
         while i < end:
             f = start + i
             col = f % L
@@ -110,10 +110,8 @@ def _quantize_units(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes
             z = zps[j]
             if s == 0:
                 for m in range(i, seg):
-                    v = x[m]
                     codes[m] = min(max(z, qmin), qmax)
                     x[m] = np.float32(np.float32(codes[m] - z) * s)
-                    c, e, mm, sg = stat_acc(v, x[m], c, e, mm, sg)
             else:
                 iv = inv[j]
                 for m in range(i, seg):
@@ -128,40 +126,18 @@ def _quantize_units(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes
                         r = 0.0
                     q = np.int64(min(max(r + z, qmin), qmax))
                     codes[m] = q
-                    a = np.float32(np.float32(q - z) * s)
-                    x[m] = a
-                    c, e, mm, sg = stat_acc(v, a, c, e, mm, sg)
+                    x[m] = np.float32(np.float32(q - z) * s)
             i = seg
-        nz[t] = c
-        sse[t] = e
-        mx[t] = mm
-        sig[t] = sg
-    return tile_totals(nz, sse, mx, sig)
 
 
-def quantize_units(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes):
-    """Codes of the block, in ``codes`` (int16, same size as ``x``); ``x`` becomes
-    the dequantized values ``(q - zp) * scale``.
-
-    ``q = clamp(round_half_away(x / scale) + zp, qmin, qmax)``, or with
-    ``use_inv`` ``round_half_away(x * inv)`` (ggml's Q8_0 rule). A zero scale
-    gives ``q = zp``. ``scales``/``inv``/``zps`` are indexed from the block's
-    first unit. Work is split in fixed 64 Ki tiles; inside a tile the loop runs
-    over runs of one unit, so the unit index is computed per run, not per
-    element. Returns the stage's stats on the block, as ``diff_stats`` of
-    ``x`` before and after would (taken in the same read).
-    """
-    return _quantize_units(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes)
-
-
-def quantize_int8_sim(x: np.ndarray, scale: np.float32):
+def quantize_int8_sim(x: np.ndarray, scale: np.float32) -> None:
     """The seed's int8 on a block, in place: ``x = clamp(round_half_away(x/scale), +-127) * scale``
-    (one unit for the whole block; +0.0 for codes of 0). Returns the block's stats (``diff_stats``)."""
+    (one unit for the whole block; +0.0 for codes of 0)."""
     n = x.size
     if n == 0:
-        return 0, 0.0, 0.0, 0.0
+        return
     s = np.array([scale], dtype=np.float32)
-    return quantize_units(x, 0, n, n, s, s, np.zeros(1, np.int64), -127, 127, False, np.empty(n, np.int16))
+    quantize_units(x, 0, n, n, s, s, np.zeros(1, np.int64), -127, 127, False, np.empty(n, np.int16))
 
 
 @numba.njit(**PJIT)

@@ -88,17 +88,9 @@ class StageRunner(ABC):
     def end_pass(self, pass_index: int) -> None:  # noqa: B027
         """Derive what the next pass (or the apply sweep) needs."""
 
-    #: ``apply`` also returns the block's stats ``(nonzero, sum_sq_err, max_abs_err,
-    #: sum_sq_signal)``, exactly as ``K.diff_stats(before, after)`` would, taken in
-    #: the same read (the pipeline then keeps no copy of the stage's input).
-    fused_stats: bool = False
-
     @abstractmethod
-    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> Any:
-        """Transform ``x`` in place; clear ``mask`` (uint8) where elements are pruned.
-
-        Returns the block's stats when ``fused_stats`` is true (else None).
-        """
+    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
+        """Transform ``x`` in place; clear ``mask`` (uint8) where elements are pruned."""
 
     def info(self) -> dict[str, Any]:
         """Per-tensor facts for the report (threshold, scale, ...)."""

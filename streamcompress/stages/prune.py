@@ -203,18 +203,15 @@ class _UnstructuredRunner(StageRunner):
     def begin_sweep(self) -> None:
         self.ties_seen = 0
 
-    fused_stats = True
-
-    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> Any:
+    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
         keys = score_keys(self.cfg.metric, self.cfg.seed, block, x)
         ties_left = self.k - self.sel.below - self.ties_seen
         local = np.ones(x.size, dtype=np.uint8) if mask is not None else self._empty_mask
-        ties, stats = K.prune_threshold(x, keys, self.sel.threshold, ties_left, local, mask is not None,
-                                        all_ties=self.k - self.sel.below >= self.sel.ties)
-        self.ties_seen += ties
+        self.ties_seen += K.prune_threshold(
+            x.view(np.uint32), keys, np.uint32(self.sel.threshold), ties_left, local, mask is not None
+        )
         if mask is not None:
             mask &= local
-        return stats
 
     def info(self) -> dict[str, Any]:
         return {"pruned_units": self.k, "threshold_bits": self.sel.threshold}
@@ -282,24 +279,17 @@ class _GlobalRunner(StageRunner):
             self.base = self.st.ties_seen
         self.local = 0
 
-    @property
-    def fused_stats(self) -> bool:
-        return self.st.k != 0
-
-    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> Any:
+    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
         if self.st.k == 0:
-            return None
-        sel = self.st.sel
+            return
         keys = score_keys(self.cfg.metric, self.cfg.seed, block, x)
-        ties_left = self.st.k - sel.below - self.base - self.local
+        ties_left = self.st.k - self.st.sel.below - self.base - self.local
         local = np.ones(x.size, dtype=np.uint8) if mask is not None else np.zeros(0, np.uint8)
-        ties, stats = K.prune_threshold(x, keys, sel.threshold, ties_left, local, mask is not None,
-                                        all_ties=self.st.k - sel.below >= sel.ties)
-        self.local += ties
+        self.local += K.prune_threshold(x.view(np.uint32), keys, np.uint32(self.st.sel.threshold), ties_left,
+                                        local, mask is not None)
         self.st.ties_seen = self.base + self.local
         if mask is not None:
             mask &= local
-        return stats
 
     def info(self) -> dict[str, Any]:
         return {"scope": "global", "model_pruned": self.st.k,

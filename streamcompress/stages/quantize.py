@@ -64,14 +64,10 @@ class _QuantizeRunner(StageRunner):
     def scale(self) -> np.float32:
         return np.float32(self.amax / np.float32(127.0))
 
-    @property
-    def fused_stats(self) -> bool:
-        return self.amax != 0
-
-    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> Any:
+    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
         if self.amax == 0:
-            return None
-        return K.quantize_int8_sim(x, self.scale)
+            return
+        K.quantize_int8_sim(x, self.scale)
 
     def info(self) -> dict[str, Any]:
         return {"absmax": float(self.amax), "scale": float(self.scale)}
@@ -192,8 +188,6 @@ def _on_unit_boundary(f: int, L: int, g: int) -> bool:
 class _SchemeRunner(StageRunner):
     """Per-unit scales: from a statistic pass when units cross blocks, else per block."""
 
-    fused_stats = True
-
     def __init__(self, scheme: QuantScheme, meta: TensorMeta, blocks: list[Block], real: bool) -> None:
         self.s = scheme
         self.meta = meta
@@ -233,7 +227,7 @@ class _SchemeRunner(StageRunner):
         self._mx = self._mn = None
 
     # -- apply -----------------------------------------------------------------
-    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> Any:
+    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
         u0, k = K.unit_range(block.start, x.size, self.L, self.g)
         if self.local:
             mx, mn = self._block_stats(block, x)
@@ -242,11 +236,10 @@ class _SchemeRunner(StageRunner):
         else:
             used, inv, zp = (a[u0:u0 + k] for a in self._glob)
         codes = np.empty(x.size, dtype=np.int16)
-        stats = K.quantize_units(x, block.start, self.L, self.g, used, inv, zp, self.s.qmin, self.s.qmax,
-                                 self.s.reciprocal, codes)
+        K.quantize_units(x, block.start, self.L, self.g, used, inv, zp, self.s.qmin, self.s.qmax,
+                         self.s.reciprocal, codes)
         if self.real:
             self._last = (block, codes, used, zp)
-        return stats
 
     def info(self) -> dict[str, Any]:
         return {"scheme": self.s.spec(), "absmax": self._amax}

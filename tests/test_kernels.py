@@ -98,6 +98,12 @@ def test_prune_threshold_tie_rule(rng, ties_left):
     assert ties == is_tie.sum()
     assert (y.view(np.uint32) == expect.view(np.uint32)).all()
     assert (mask == (~cut).astype(np.uint8)).all()
+    if ties_left >= is_tie.sum():  # told that every tie goes: the same, without counting first
+        z = x.copy()
+        assert K.prune_threshold(z.view(np.uint32), z.view(np.uint32), np.uint32(thr), 0, mask, True,
+                                 all_ties=True) == ties
+        assert (z.view(np.uint32) == expect.view(np.uint32)).all()
+        assert (mask == (~cut).astype(np.uint8)).all()
 
 
 def test_quantize_matches_reference_bit_exactly(rng):

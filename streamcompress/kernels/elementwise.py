@@ -110,6 +110,22 @@ def cut_below(x, keys, lim, mask, want_mask):
 
 
 @numba.njit(**PJIT)
+def _cut_counting(x, keys, thr, mask, want_mask):
+    """``cut_below(x, keys, thr + 1)`` that also returns how many keys equal ``thr``."""
+    n = x.size
+    ties = 0
+    for i in prange(n):
+        k = keys[i] & np.uint32(0x7FFFFFFF)
+        ties += k == thr
+        cut = k <= thr
+        if cut:
+            x[i] = np.uint32(0)
+        if want_mask:
+            mask[i] = not cut
+    return ties
+
+
+@numba.njit(**PJIT)
 def _tie_counts(keys, thr):
     n = keys.size
     nt = max((n + TILE - 1) // TILE, 1)
@@ -148,15 +164,18 @@ def _cut_ranked(x, keys, thr, ties_left, ties, mask, want_mask):
                 mask[i] = 0 if cut else 1
 
 
-def prune_threshold(x, keys, thr, ties_left, mask, want_mask):
+def prune_threshold(x, keys, thr, ties_left, mask, want_mask, all_ties=False):
     """Zero keys below ``thr`` and the first ``ties_left`` keys equal to it (flat order).
 
     ``x`` is the block's ``uint32`` view (taken by the caller; +0.0 is written).
     ``mask`` (uint8, same size when ``want_mask``) gets 1 kept / 0 pruned.
     Returns the number of ties in this block, so the caller can carry the
     running tie count to the next block. Only a block holding the cut-off tie
-    ranks its ties one by one; the others are a plain comparison.
+    ranks its ties one by one; the others are a plain comparison. ``all_ties``:
+    the caller knows every tie is pruned (no separate count first).
     """
+    if all_ties:  # the caller knows every tie is pruned: count them while cutting
+        return _cut_counting(x, keys, np.uint32(thr), mask, want_mask)
     ties = _tie_counts(keys, np.uint32(thr))
     total = int(ties.sum())
     if total <= ties_left:  # every tie here is pruned

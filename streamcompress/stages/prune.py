@@ -208,7 +208,8 @@ class _UnstructuredRunner(StageRunner):
         ties_left = self.k - self.sel.below - self.ties_seen
         local = np.ones(x.size, dtype=np.uint8) if mask is not None else self._empty_mask
         self.ties_seen += K.prune_threshold(
-            x.view(np.uint32), keys, np.uint32(self.sel.threshold), ties_left, local, mask is not None
+            x.view(np.uint32), keys, np.uint32(self.sel.threshold), ties_left, local, mask is not None,
+            all_ties=self.k - self.sel.below >= self.sel.ties,
         )
         if mask is not None:
             mask &= local
@@ -286,7 +287,8 @@ class _GlobalRunner(StageRunner):
         ties_left = self.st.k - self.st.sel.below - self.base - self.local
         local = np.ones(x.size, dtype=np.uint8) if mask is not None else np.zeros(0, np.uint8)
         self.local += K.prune_threshold(x.view(np.uint32), keys, np.uint32(self.st.sel.threshold), ties_left,
-                                        local, mask is not None)
+                                        local, mask is not None,
+                                        all_ties=self.st.k - self.st.sel.below >= self.st.sel.ties)
         self.st.ties_seen = self.base + self.local
         if mask is not None:
             mask &= local

@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on a running Dask cluster, e.g. tcp://host:8786 (workers must see IN and OUT)")
     d.add_argument("--workers", type=int, metavar="N",
                    help="run on a local Dask cluster of N worker processes")
+    c.add_argument("--task-size", default="1GiB", metavar="SIZE",
+                   help="with --workers/--scheduler: tensors stored in more than SIZE are split into tasks of "
+                        "about SIZE (default 1GiB)")
 
     e = sub.add_parser("estimate", help="estimate the compressed size from metadata only")
     e.add_argument("input", metavar="IN", help="input Zarr v3 group")
@@ -239,7 +242,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if args.scheduler or args.workers is not None:
         from .distributed import DaskExecutor
 
-        executor = DaskExecutor(scheduler=args.scheduler, workers=args.workers)
+        executor = DaskExecutor(scheduler=args.scheduler, workers=args.workers, split_bytes=args.task_size)
     result = compress_model(args.input, cfg, output=args.output, overwrite=args.overwrite, resume=args.resume,
                             options=opts, executor=executor)
     print(result.summary())

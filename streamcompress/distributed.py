@@ -4,18 +4,27 @@
 in place of the in-process executor; everything else (validation, block
 plans, pipelines, stats, resume records, the report) is the engine's.
 
-* **Tasks.** Every tensor is one task: a worker opens the input by path,
+* **Tasks.** A tensor is one task: a worker opens the input by path,
   rebuilds the same block plan and pipeline, runs the tensor's statistic
   passes and apply sweep with read-ahead/write-behind, writes its output
-  arrays (so every output chunk is written by exactly one task), makes them
-  durable and marks the tensor complete, as the local engine does.
+  arrays, makes them durable and marks the tensor complete, as the local
+  engine does. A tensor stored in more than ``split_bytes`` is split into
+  ranges of whole blocks (blocks are aligned to output chunks, so every
+  output chunk is still written by exactly one task): each statistic pass
+  runs one task per range, the ranges' partials (histograms, absmax,
+  min/max) are merged with the runner's own monoid (``merge_partials``) and
+  the pass ends on the client's copy of the pipeline, which is then sent
+  with the apply tasks; prune's tie count, carried from block to block, is
+  read off each range's last histogram so every range starts from the right
+  count. Structured pruning (sequential float32 sums) is never split.
 * **Global statistics** (global pruning's histograms) are Dask reductions:
-  one task per tensor returns its partial (``GlobalState.take_partial``),
-  partials are merged pairwise on the workers with the state's own monoid
-  (``merge_partials``) and the sum goes to the run's state before its
-  ``end_pass``. The count carried from tensor to tensor (ties at the
-  threshold, earlier tensors first) is read off each tensor's last partial,
-  so tensors run in any order and still match the local engine bit for bit.
+  one task per tensor (or range) returns its partial
+  (``GlobalState.take_partial``), partials are merged pairwise on the
+  workers with the state's own monoid (``merge_partials``) and the sum goes
+  to the run's state before its ``end_pass``. The count carried from tensor
+  to tensor (ties at the threshold, earlier tensors first) is read off each
+  last partial, so tasks run in any order and still match the local engine
+  bit for bit.
 * **Stats** come back per tensor and are folded in model order by the
   engine: the same float sums as a local run.
 * **Threads.** Each task caps Numba's threads to the worker's share of the
@@ -36,13 +45,17 @@ from typing import Any, Iterator
 
 from .config import CompressionConfig
 from .engine import (
+    _IO,
     EngineOptions,
     Run,
-    _IO,
     _prepare,
     _Progress,
+    block_writer,
     check_stop,
+    create_outputs,
+    finish_tensor,
     load_sources,
+    parse_size,
     process_tensor,
 )
 from .errors import ConfigError, StreamCompressError
@@ -152,6 +165,41 @@ def _tensor_task(job: _Job, i: int, states: list):
     return _guard(_tensor, job, i, states)
 
 
+def _range_observe(job: _Job, i: int, j: int, p: int, pipe: Any, lo: int, hi: int, starts: list) -> Any:
+    _limit_threads()
+    run = _worker_run(job)
+    src, blocks = run.sources[i], run.plans[i][lo:hi]
+    io = _IO(job.options.prefetch)
+    try:
+        pipe.observe_sweep(j, p, lambda: io.blocks(src, blocks, lambda b: None), starts)
+    finally:
+        io.close()
+    return pipe.runners[j].take_partial(p)
+
+
+def _range_observe_task(*args) -> Any:
+    return _guard(_range_observe, *args)
+
+
+def _range_apply(job: _Job, i: int, pipe: Any, lo: int, hi: int, starts: list):
+    _limit_threads()
+    run = _worker_run(job)
+    src, blocks = run.sources[i], run.plans[i][lo:hi]
+    sink = ZarrSink.attach(job.output, job.options.codec)
+    io = _IO(job.options.prefetch)
+    try:
+        per_block = pipe.apply_sweep(lambda: io.blocks(src, blocks, lambda b: None),
+                                     block_writer(sink, io, src.meta.name), starts)
+        io.flush()
+    finally:
+        io.close()
+    return per_block, [r.info() for r in pipe.runners]
+
+
+def _range_apply_task(*args):
+    return _guard(_range_apply, *args)
+
+
 class DaskExecutor:
     """Runs a compression on a Dask cluster (see the module docstring).
 
@@ -162,9 +210,12 @@ class DaskExecutor:
     workers : start a local cluster of this many worker processes instead
         (one task thread each; Numba threads = cores // workers).
     client : an existing ``distributed.Client`` (tests, notebooks); not closed.
+    split_bytes : a tensor stored in more than this is split into ranges of
+        whole blocks of about this size, each a task (default 1 GiB).
     """
 
-    def __init__(self, scheduler: str | None = None, workers: int | None = None, *, client: Any = None) -> None:
+    def __init__(self, scheduler: str | None = None, workers: int | None = None, *, client: Any = None,
+                 split_bytes: int | str = "1GiB") -> None:
         if client is None and (scheduler is None) == (workers is None):
             raise ConfigError("give either a scheduler address or a number of workers")
         if workers is not None and int(workers) < 1:
@@ -172,9 +223,14 @@ class DaskExecutor:
         self.scheduler = scheduler
         self.workers = workers
         self.client = client
+        self.split_bytes = parse_size(split_bytes)
         self._own: list[Any] = []  # what close() shuts down
-        self._last: dict[int, dict[int, Any]] = {}  # global stage -> tensor -> last-pass partial future
-        self._carried: dict[int, list[int]] = {}  # global stage -> carried count before each tensor
+        #: global stage -> tensor -> its ranges' last-pass partial futures (one range if not split)
+        self._last: dict[int, dict[int, list]] = {}
+        #: global stage -> tensor -> carried count before each of its ranges
+        self._carried: dict[int, list[list[int]]] = {}
+        self._ranges: dict[int, list[tuple[int, int]]] = {}  # split tensors -> block ranges
+        self._rc: dict[tuple[int, int], list[int]] = {}  # (tensor, runner) -> carried count before each range
         self.job: _Job | None = None
 
     # -- engine protocol ---------------------------------------------------------------
@@ -185,16 +241,32 @@ class DaskExecutor:
             raise ConfigError("a Dask run writes a Zarr store: pass an output path")
         self.job = _Job(os.path.abspath(tensors), os.path.abspath(sink.path), run.config, run.options,
                         tuple(run.skip), tuple(run.input_fps), run.pipeline_fp + run.input_fp)
+        for i, pipe in enumerate(run.pipelines):
+            ranges = self._split(run, i)
+            if ranges is not None:
+                self._ranges[i] = ranges
+                pipe.prepare_split()
         self._connect()
 
     def global_pass(self, run: Run, gi: int, p: int, progress: _Progress) -> None:
         self._settle_carries(run)
         state = run.states[gi]
-        sel = [i for i, pipe in enumerate(run.pipelines) if pipe is not None]
-        futs = {i: self.client.submit(_global_task, self.job, i, gi, p, self._states(run, i), pure=False)
-                for i in sel}
-        self._wait(futs, lambda i: progress.update(stored_nbytes(run.sources[i])))
-        total = self._tree_reduce(type(state), list(futs.values()))
+        futs: dict[int, list] = {}
+        for i, pipe in enumerate(run.pipelines):
+            if pipe is None:
+                continue
+            if i in self._ranges:
+                self._split_stats(run, i, gi, progress)
+                futs[i] = [self.client.submit(_range_observe_task, self.job, i, gi, p, pipe, lo, hi,
+                                              self._starts(run, i, k, gi), pure=False)
+                           for k, (lo, hi) in enumerate(self._ranges[i])]
+            else:
+                futs[i] = [self.client.submit(_global_task, self.job, i, gi, p, self._states(run, i), pure=False)]
+        index = {f: i for i, fs in futs.items() for f in fs}
+        for f in _completed(list(index)):
+            f.result()  # raise a task's error here
+            progress.update(stored_nbytes(run.sources[index[f]]) // len(futs[index[f]]))
+        total = self._tree_reduce(type(state), [f for fs in futs.values() for f in fs])
         state.add_partial(total.result() if total is not None else None)
         if p == state.n_passes - 1:
             self._last[gi] = futs  # the carried counts are read off these once the pass has ended
@@ -202,19 +274,38 @@ class DaskExecutor:
     def tensors(self, run: Run, resumed: dict[int, dict[str, Any]], sink: Any,
                 progress: _Progress) -> Iterator[tuple[int, list, dict[str, Any]]]:
         self._settle_carries(run)
-        futs = {self.client.submit(_tensor_task, self.job, i, self._states(run, i), pure=False): i
-                for i in range(len(run.sources)) if i not in resumed}
+        todo = [i for i in range(len(run.sources)) if i not in resumed]
+        whole = {self.client.submit(_tensor_task, self.job, i, self._states(run, i), pure=False): i
+                 for i in todo if i not in self._ranges}
+        parts: dict[Any, tuple[int, int]] = {}  # range future -> (tensor, range)
+        split: dict[int, dict] = {}
+        for i in todo:
+            if i in self._ranges:  # statistics first (ranges in parallel), then the apply ranges
+                pipe = run.pipelines[i]
+                self._split_stats(run, i, len(pipe.runners), progress)
+                split[i] = {"written": create_outputs(run, i, pipe, sink), "done": {}}
+                for k, (lo, hi) in enumerate(self._ranges[i]):
+                    f = self.client.submit(_range_apply_task, self.job, i, pipe, lo, hi,
+                                           self._starts(run, i, k, len(pipe.runners)), pure=False)
+                    parts[f] = (i, k)
         global_sweeps = sum(st.n_passes for st in run.states if st is not None)
         try:
-            for fut in _completed(list(futs)):
-                i = futs[fut]
-                stats, info = fut.result()
-                g = global_sweeps if run.pipelines[i] is not None else 0
-                progress.update((run.sweeps(i) - g) * stored_nbytes(run.sources[i]))
-                progress.describe(run.sources[i].meta.name)
-                yield i, stats, info
+            for fut in _completed([*whole, *parts]):
+                if fut in whole:
+                    i = whole[fut]
+                    stats, info = fut.result()
+                    g = global_sweeps if run.pipelines[i] is not None else 0
+                    progress.update((run.sweeps(i) - g) * stored_nbytes(run.sources[i]))
+                    progress.describe(run.sources[i].meta.name)
+                    yield i, stats, info
+                    continue
+                i, k = parts[fut]
+                split[i]["done"][k] = fut.result()
+                progress.update(self._range_bytes(run, i, k))
+                if len(split[i]["done"]) == len(self._ranges[i]):
+                    yield i, *self._finish_split(run, i, sink, split.pop(i))
         finally:  # stopped early (error, SIGINT): drop the work not started
-            pending = [f for f in futs if not f.done()]
+            pending = [f for f in [*whole, *parts] if not f.done()]
             if pending:
                 self.client.cancel(pending)
 
@@ -255,27 +346,92 @@ class DaskExecutor:
         self._own_client = True
         log.info("dask: %s", self.client)
 
+    def _split(self, run: Run, i: int) -> list[tuple[int, int]] | None:
+        """Block ranges of about ``split_bytes`` for a big tensor whose passes can be split."""
+        pipe = run.pipelines[i]
+        if pipe is None or not pipe.splittable:
+            return None
+        per_elem = stored_nbytes(run.sources[i]) / max(run.sources[i].meta.size, 1)
+        ranges, lo, acc = [], 0, 0.0
+        for k, b in enumerate(run.plans[i]):
+            if k > lo and acc + b.size * per_elem > self.split_bytes:
+                ranges.append((lo, k))
+                lo, acc = k, 0.0
+            acc += b.size * per_elem
+        ranges.append((lo, len(run.plans[i])))
+        return ranges if len(ranges) > 1 else None
+
+    def _range_bytes(self, run: Run, i: int, k: int) -> int:
+        lo, hi = self._ranges[i][k]
+        src = run.sources[i]
+        return int(sum(b.size for b in run.plans[i][lo:hi]) * stored_nbytes(src) / max(src.meta.size, 1))
+
+    def _starts(self, run: Run, i: int, k: int, upto: int) -> list:
+        """What each runner ``< upto`` of split tensor ``i`` carries into its range ``k``."""
+        out: list = []
+        for j in range(upto):
+            if run.states[j] is not None:
+                out.append(self._carried[j][i][k] if j in self._carried else None)
+            else:
+                rc = self._rc.get((i, j))
+                out.append(rc[k] if rc is not None else None)
+        return out
+
+    def _split_stats(self, run: Run, i: int, upto: int, progress: _Progress) -> None:
+        """Per-tensor statistic passes of runners ``< upto`` of split tensor ``i``: each
+        pass's ranges run as tasks, their partials merge with the runner's monoid."""
+        pipe = run.pipelines[i]
+        for j in range(upto):
+            r = pipe.runners[j]
+            if pipe._stats_done[j]:
+                continue
+            p, parts = 0, []
+            while p < r.n_passes:
+                futs = [self.client.submit(_range_observe_task, self.job, i, j, p, pipe, lo, hi,
+                                           self._starts(run, i, k, j), pure=False)
+                        for k, (lo, hi) in enumerate(self._ranges[i])]
+                parts = self.client.gather(futs)  # (in range order; errors raise here)
+                progress.update(sum(self._range_bytes(run, i, k) for k in range(len(futs))))
+                merged = None
+                for part in parts:
+                    merged = type(r).merge_partials(merged, part)
+                r.add_partial(p, merged)
+                r.end_pass(p)
+                p += 1
+                pipe._checked = True  # every range checked its blocks for NaN/inf
+            carries = [r.range_carry(part) for part in parts]
+            if carries and carries[0] is not None:
+                self._rc[(i, j)] = _prefix(carries)
+            pipe._stats_done[j] = True
+
+    def _finish_split(self, run: Run, i: int, sink: Any, state: dict):
+        pipe = run.pipelines[i]
+        results = [state["done"][k] for k in range(len(self._ranges[i]))]
+        stats = pipe.fold([row for per_block, _ in results for row in per_block])
+        infos = [r.merge_infos([inf[j] for _, inf in results]) for j, r in enumerate(pipe.runners)]
+        return stats, finish_tensor(run, i, pipe, sink, state["written"], stats, infos)
+
     def _states(self, run: Run, i: int) -> list:
         """The run's global states as tensor ``i`` must see them (carried counts set)."""
         out = []
         for gi, st in enumerate(run.states):
             if st is not None and gi in self._carried:
                 st = copy.copy(st)
-                st.start_tensor(self._carried[gi][i])
+                st.start_tensor(self._carried[gi][i][0])
             out.append(st)
         return out
 
     def _settle_carries(self, run: Run) -> None:
-        """For global stages whose passes ended: the carried count before each tensor."""
+        """For global stages whose passes ended: the carried count before each range of each tensor."""
         for gi, futs in list(self._last.items()):
             state = run.states[gi]
-            carry_futs = {i: self.client.submit(_carry_task, state, f, pure=False) for i, f in futs.items()}
-            carries = dict(zip(carry_futs, self.client.gather(list(carry_futs.values()))))
-            before, acc = [], 0
-            for i in range(len(run.sources)):
-                before.append(acc)
-                acc += carries.get(i, 0)
-            self._carried[gi] = before
+            flat = [(i, f) for i, fs in sorted(futs.items()) for f in fs]
+            counts = self.client.gather([self.client.submit(_carry_task, state, f, pure=False) for _, f in flat])
+            before = _prefix(counts)
+            per: list[list[int]] = [[] for _ in run.sources]
+            for (i, _), c in zip(flat, before):
+                per[i].append(c)
+            self._carried[gi] = [p or [0] for p in per]  # (skipped tensors carry nothing)
             del self._last[gi]  # the partials are released with their futures
 
     def _tree_reduce(self, state_type: type, futs: list) -> Any:
@@ -288,11 +444,14 @@ class DaskExecutor:
             futs = nxt
         return futs[0] if futs else None
 
-    def _wait(self, futs: dict[int, Any], done) -> None:
-        index = {f: i for i, f in futs.items()}
-        for fut in _completed(list(futs.values())):
-            fut.result()  # raise a task's error here
-            done(index[fut])
+
+def _prefix(counts: list[int]) -> list[int]:
+    """Exclusive prefix sums: what comes before each item."""
+    out, acc = [], 0
+    for c in counts:
+        out.append(acc)
+        acc += c
+    return out
 
 
 def _completed(futs: list) -> Iterator:

@@ -377,44 +377,40 @@ def _prepare(sources: list[TensorSource], config: CompressionConfig, skip: list[
                _pipeline_fingerprint(config, options), _digest(input_fps))
 
 
-def process_tensor(run: Run, i: int, pipe: TensorPipeline | None, sink, io: _IO,
-                   progress: _Progress) -> tuple[list[StageStats], dict[str, Any]]:
-    """Compress tensor ``i`` into ``sink`` and mark it complete (durable first).
-
-    Returns its per-stage stats and the info recorded on its array.
-    """
-    src, blocks, stages = run.sources[i], run.plans[i], run.config.stages
+def create_outputs(run: Run, i: int, pipe: TensorPipeline | None, sink) -> list[str]:
+    """Create tensor ``i``'s output arrays (and mask); return the names that hold its data."""
+    src = run.sources[i]
     name = src.meta.name
-    progress.describe(name)
-    chunks = output_chunks(src.meta.shape, blocks, src.chunks)
-
-    def sweep():
-        return io.blocks(src, blocks, progress.on_read(src))
-
+    chunks = output_chunks(src.meta.shape, run.plans[i], src.chunks)
     if pipe is None:
         attrs = {k: v for k, v in src.attrs.items() if k == LOGICAL_DTYPE_ATTR}
         sink.create(name, src.meta.shape, chunks, src.raw_dtype, attrs)
-        written = [name]
-        nz = _copy_skipped(src, blocks, io, progress, sink, name)
-        io.flush()
-        stats, infos = skipped_stats(stages, src.meta, nz), [{} for _ in stages]
-    else:
-        specs = pipe.encoding.specs(chunks)
-        for spec in specs:
-            attrs = dict(spec.attrs)
-            if spec.suffix == "":
-                attrs["source_dtype"] = src.logical_dtype
-            sink.create(name + spec.suffix, spec.shape, spec.chunks, spec.dtype, attrs)
-        written = [name + spec.suffix for spec in specs]
-        if pipe.want_mask:
-            sink.create(f"{MASK_GROUP}/{name}", src.meta.shape, chunks, "uint8", {})
+        return [name]
+    specs = pipe.encoding.specs(chunks)
+    for spec in specs:
+        attrs = dict(spec.attrs)
+        if spec.suffix == "":
+            attrs["source_dtype"] = src.logical_dtype
+        sink.create(name + spec.suffix, spec.shape, spec.chunks, spec.dtype, attrs)
+    if pipe.want_mask:
+        sink.create(f"{MASK_GROUP}/{name}", src.meta.shape, chunks, "uint8", {})
+    return [name + spec.suffix for spec in specs]
 
-        def write(emissions, block, mask):
-            io.write(_write_block, sink, name, emissions, block, mask)
 
-        stats, infos = pipe.run(sweep, write)
-        io.flush()
-        progress.update(pipe.skipped_sweeps * stored_nbytes(src))
+def block_writer(sink, io: _IO, name: str):
+    """The pipeline's ``write`` callback: a block's arrays (and mask), written behind."""
+
+    def write(emissions, block, mask):
+        io.write(_write_block, sink, name, emissions, block, mask)
+
+    return write
+
+
+def finish_tensor(run: Run, i: int, pipe: TensorPipeline | None, sink, written: list[str],
+                  stats: list[StageStats], infos: list[dict[str, Any]]) -> dict[str, Any]:
+    """Record tensor ``i`` as complete (its files made durable first); return the record."""
+    src = run.sources[i]
+    name = src.meta.name
     info = {
         "skipped": pipe is None,
         "shape": list(src.meta.shape),
@@ -430,7 +426,31 @@ def process_tensor(run: Run, i: int, pipe: TensorPipeline | None, sink, io: _IO,
     info["complete"] = True
     sink.update_attrs(name, {"streamcompress": info})
     log.debug("done %s", name)
-    return stats, info
+    return info
+
+
+def process_tensor(run: Run, i: int, pipe: TensorPipeline | None, sink, io: _IO,
+                   progress: _Progress) -> tuple[list[StageStats], dict[str, Any]]:
+    """Compress tensor ``i`` into ``sink`` and mark it complete (durable first).
+
+    Returns its per-stage stats and the info recorded on its array.
+    """
+    src, blocks, stages = run.sources[i], run.plans[i], run.config.stages
+    progress.describe(src.meta.name)
+    written = create_outputs(run, i, pipe, sink)
+
+    def sweep():
+        return io.blocks(src, blocks, progress.on_read(src))
+
+    if pipe is None:
+        nz = _copy_skipped(src, blocks, io, progress, sink, src.meta.name)
+        io.flush()
+        stats, infos = skipped_stats(stages, src.meta, nz), [{} for _ in stages]
+    else:
+        stats, infos = pipe.run(sweep, block_writer(sink, io, src.meta.name))
+        io.flush()
+        progress.update(pipe.skipped_sweeps * stored_nbytes(src))
+    return stats, finish_tensor(run, i, pipe, sink, written, stats, infos)
 
 
 class LocalExecutor:

@@ -96,15 +96,26 @@ class TensorPipeline:
                     raise NonFiniteError(self.meta.name, bad, where)
             yield block, x
 
-    def _observe_sweep(self, i: int, p: int, sweep: Sweep) -> None:
-        """One sweep feeding stage ``i``'s pass ``p`` with the output of stages before it."""
-        for r in self.runners[: i + 1]:
+    def _begin(self, upto: int, carries: list | None) -> None:
+        """Start a sweep of runners ``< upto``; a block range starts from ``carries``
+        (one per runner, None where nothing is carried) instead of zero."""
+        for r in self.runners[:upto]:
             r.begin_sweep()
+        if carries is not None:
+            for r, c in zip(self.runners[:upto], carries):
+                if c is not None:
+                    r.start_range(c)
+
+    def observe_sweep(self, i: int, p: int, sweep: Sweep, carries: list | None = None) -> None:
+        """One sweep (of the tensor, or a block range with ``carries``) feeding stage
+        ``i``'s pass ``p`` with the output of stages before it."""
+        self._begin(i + 1, carries)
         for block, x in self._prepared(sweep(), not self._checked):
             for prev in self.runners[:i]:
                 prev.apply(block, x, None)
             self.runners[i].observe(p, block, x)
-        self._checked = True
+        if carries is None:
+            self._checked = True
 
     def stat_passes(self, upto: int, sweep: Sweep) -> None:
         """Run the per-tensor statistic passes of stages ``< upto`` not run yet."""
@@ -114,7 +125,7 @@ class TensorPipeline:
             runner = self.runners[i]
             planned, p = runner.n_passes, 0
             while p < runner.n_passes:  # a runner may find after a pass that it needs no more
-                self._observe_sweep(i, p, sweep)
+                self.observe_sweep(i, p, sweep)
                 runner.end_pass(p)
                 p += 1
             self.skipped_sweeps += planned - p
@@ -123,36 +134,47 @@ class TensorPipeline:
     def global_pass(self, i: int, p: int, sweep: Sweep) -> None:
         """This tensor's share of global stage ``i``'s pass ``p`` (the engine ends the pass)."""
         self.stat_passes(i, sweep)
-        self._observe_sweep(i, p, sweep)
+        self.observe_sweep(i, p, sweep)
 
     def run(self, sweep: Sweep, write: Writer) -> tuple[list[StageStats], list[dict[str, Any]]]:
         """Stream the tensor's remaining sweeps; return per-stage stats and infos."""
         self.stat_passes(len(self.runners), sweep)
-        for r in self.runners:
-            r.begin_sweep()
-        partial = [StageStats.empty(s.name) for s in self.stages]
+        stats = self.fold(self.apply_sweep(sweep, write))
+        return stats, [r.info() for r in self.runners]
+
+    def apply_sweep(self, sweep: Sweep, write: Writer, carries: list | None = None) -> list[list[tuple]]:
+        """The apply sweep (of the tensor, or a block range with ``carries``):
+        every stage on every block, each block written. Returns each block's
+        per-stage ``(nonzero, sum_sq_err, max_abs_err, sum_sq_signal, n)``."""
+        self._begin(len(self.runners), carries)
+        per_block = []
         spare = np.empty(0, np.float32)  # one reused buffer for each stage's input (no page faults per block)
         for block, x in self._prepared(sweep(), not self._checked):
             mask = np.ones(x.size, dtype=np.uint8) if self.want_mask else None
             if spare.size < x.size:
                 spare = np.empty(x.size, np.float32)
             before = spare[: x.size]
-            for j, r in enumerate(self.runners):
+            row = []
+            for r in self.runners:
                 np.copyto(before, x)
                 r.apply(block, x, mask)
                 nz, sse, mx, sig = K.diff_stats(before, x)
-                partial[j] = partial[j].merge(
-                    StageStats(
-                        nonzero_params_after=int(nz),
-                        sum_sq_err=float(sse),
-                        max_abs_err=float(mx),
-                        sum_sq_signal=float(sig),
-                        n_compared=int(x.size),
-                    )
-                )
+                row.append((int(nz), float(sse), float(mx), float(sig), int(x.size)))
+            per_block.append(row)
             write(self.encoding.emit(block, x), block, mask)
+        return per_block
+
+    def fold(self, per_block: list[list[tuple]]) -> list[StageStats]:
+        """Per-stage stats of the tensor from its blocks' (in flat order: the sums are sequential)."""
+        partial = [StageStats.empty(s.name) for s in self.stages]
+        for row in per_block:
+            partial = [
+                part.merge(StageStats(nonzero_params_after=nz, sum_sq_err=sse, max_abs_err=mx,
+                                      sum_sq_signal=sig, n_compared=n))
+                for part, (nz, sse, mx, sig, n) in zip(partial, row)
+            ]
         nbytes = 4 * self.meta.size
-        stats = [
+        return [
             part.merge(
                 StageStats(
                     stage_name=s.name,
@@ -164,4 +186,15 @@ class TensorPipeline:
             )
             for s, part in zip(self.stages, partial)
         ]
-        return stats, [r.info() for r in self.runners]
+
+    # -- splitting one tensor over block ranges (streamcompress.distributed) -------------
+    @property
+    def splittable(self) -> bool:
+        """Every statistic pass can be split over block ranges and merged."""
+        return all(r.splittable or r.n_passes == 0 for r in self.runners)
+
+    def prepare_split(self) -> None:
+        """Before the first range is sent: statistics that cannot be merged across ranges
+        (a selector's guessed window) are not taken."""
+        for r in self.runners:
+            r.prepare_split()

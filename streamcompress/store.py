@@ -496,21 +496,27 @@ class ZarrSink:
             compressors=self._compressors(), fill_value=0, attributes=attrs,
             config={"write_empty_chunks": True}, overwrite=True)
 
+    def _array(self, name: str):
+        a = self.arrays.get(name)
+        if a is None:  # made by another process (a Dask range task writes arrays the client made)
+            a = self.arrays[name] = self.group[name]
+        return a
+
     def write(self, name: str, region: tuple, data: np.ndarray) -> None:
         try:
-            self.arrays[name][region if data.ndim else ()] = data
+            self._array(name)[region if data.ndim else ()] = data
         except OSError as e:
             raise OutputError(name, e) from None
 
     def update_attrs(self, name: str, attrs: dict[str, Any]) -> None:
         # Written last: an array is complete only once this attribute exists.
         try:
-            self.arrays[name].attrs.update(attrs)
+            self._array(name).attrs.update(attrs)
         except OSError as e:
             raise OutputError(name, e) from None
 
     def stored_bytes(self, name: str) -> int:
-        return int(self.arrays[name].nbytes_stored())
+        return int(self._array(name).nbytes_stored())
 
     def finish(self, attrs: dict[str, Any]) -> None:
         self.group.attrs.update(attrs)

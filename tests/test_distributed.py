@@ -69,19 +69,30 @@ PIPELINES = {
     "clip+prune-global+seed-int8, skip embeddings": sc.CompressionConfig(
         (sc.Clip(0.1), sc.Prune(sc.PruningConfig(0.5, scope="global")), sc.QuantizeInt8()),
         skip_embedding_layers=True),
+    "prune-rows+int8-asym-tensor": sc.CompressionConfig(  # structured: not split (f32 running sums)
+        (sc.Prune(sc.PruningConfig(0.25, granularity="rows")), sc.Quantize(sc.parse_scheme("int8_asym"))),
+        skip_1d=True),
+    "prune-tensor+clip+q8_0": sc.CompressionConfig(
+        (sc.Prune(sc.PruningConfig(0.3)), sc.Clip(0.05), sc.Quantize(sc.parse_scheme("q8_0")))),
 }
 
 
 @pytest.mark.parametrize("name", list(PIPELINES))
 @pytest.mark.parametrize("data", ["model", "ties"])
-def test_cluster_output_identical_to_local_engine(tmp_path, rng, client, name, data):
+@pytest.mark.parametrize("split", [None, 4096], ids=["whole", "split"])
+def test_cluster_output_identical_to_local_engine(tmp_path, rng, client, name, data, split):
+    """``split``: tensors over 4 KiB become tasks of 2 blocks each (their statistic
+    passes merged from the ranges' partials, prune's tie count carried between them)."""
     tensors = model(rng) if data == "model" else tied_tensors(rng)
     src = write_store(tmp_path / "in.zarr", tensors, (8, 64))
     cfg = PIPELINES[name]
     opts = EngineOptions(block_elems=512, save_masks=True)
     local = compress_model(str(src), cfg, output=tmp_path / "local.zarr", options=opts)
-    dask = compress_model(str(src), cfg, output=tmp_path / "dask.zarr", options=opts,
-                          executor=DaskExecutor(client=client))
+    ex = DaskExecutor(client=client, split_bytes=split) if split else DaskExecutor(client=client)
+    dask = compress_model(str(src), cfg, output=tmp_path / "dask.zarr", options=opts, executor=ex)
+    if split:
+        assert len(ex._ranges) >= (3 if "rows" not in name else 0)
+        assert all(len(r) > 1 for r in ex._ranges.values())
     assert snapshot(tmp_path / "dask.zarr") == snapshot(tmp_path / "local.zarr")
     assert dask.to_dict() == local.to_dict() and dask.summary() == local.summary()
     if name == "prune-global+int8":  # and both agree with the independent reference
@@ -193,7 +204,8 @@ def test_a_worker_killed_mid_run_is_retried_and_output_is_correct(tmp_path, rng)
     try:
         t = threading.Thread(target=killer)
         t.start()
-        compress_model(str(src), cfg, output=out, options=opts, executor=DaskExecutor(client=c))
+        ex = DaskExecutor(client=c, split_bytes=64 << 10)  # 2 range tasks per tensor
+        compress_model(str(src), cfg, output=out, options=opts, executor=ex)
         t.join()
     finally:
         c.close()

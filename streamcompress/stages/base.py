@@ -28,7 +28,7 @@ import numpy as np
 from .. import kernels as K
 from ..layout import Block, TensorMeta
 
-__all__ = ["Stage", "StageRunner", "GlobalState", "KthSelector", "IdentityRunner", "f32_floor_product", "ArraySpec",
+__all__ = ["Stage", "StageRunner", "SelectorRunner", "GlobalState", "KthSelector", "IdentityRunner", "f32_floor_product", "ArraySpec",
            "Encoding", "FloatEncoding"]
 
 
@@ -99,6 +99,42 @@ class StageRunner(ABC):
     def encoding(self) -> Encoding | None:
         """The stored form when this runner is the pipeline's last (None: float32)."""
         return None
+
+    # -- one tensor split over block ranges (streamcompress.distributed) -----------------
+    # Each range's copy of the runner observes its blocks and returns
+    # ``take_partial``; partials merge with ``merge_partials`` (a monoid, None
+    # the identity) and the sum goes to the tensor's runner (``add_partial``)
+    # before ``end_pass``. State carried from block to block in the apply sweep
+    # (prune's tie count) starts each range at ``start_range(carried)``, where
+    # ``carried`` sums ``range_carry`` of the earlier ranges' last partials.
+
+    #: the statistic passes can be split over block ranges
+    splittable: bool = False
+
+    def prepare_split(self) -> None:  # noqa: B027
+        """Take no statistic that cannot be merged across ranges."""
+
+    def take_partial(self, pass_index: int) -> Any:
+        raise NotImplementedError
+
+    def add_partial(self, pass_index: int, partial: Any) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def merge_partials(a: Any, b: Any) -> Any:
+        return a if b is None else b if a is None else a + b
+
+    def range_carry(self, partial: Any) -> int | None:
+        """After the last pass: what a range (given its last partial) adds to the
+        count carried through the apply sweep (None: nothing is carried)."""
+        return None
+
+    def start_range(self, carried: Any) -> None:  # noqa: B027
+        """Start the carried count of a range (after ``begin_sweep``)."""
+
+    def merge_infos(self, infos: list[dict[str, Any]]) -> dict[str, Any]:
+        """One tensor's ``info`` from its ranges' (in order)."""
+        return infos[-1]
 
 
 class IdentityRunner(StageRunner):
@@ -199,6 +235,32 @@ class KthSelector:
             self.below = self._below_high + below_low
             self.ties = int(self._hist[low])
             self._hist = None  # 512 KiB per selector: free it once the threshold is known
+
+
+class SelectorRunner(StageRunner):
+    """A runner whose statistic is one :class:`KthSelector` (``self.sel``)."""
+
+    splittable = True
+    sel: KthSelector
+
+    @property
+    def n_passes(self) -> int:
+        return self.sel.n_passes
+
+    def observe_keys(self, pass_index: int, keys: np.ndarray) -> None:
+        self.sel.observe(pass_index, keys)
+
+    def end_pass(self, pass_index: int) -> None:
+        self.sel.end_pass(pass_index)
+
+    def prepare_split(self) -> None:
+        self.sel.n = None  # a guessed window is a range's own: always take pass 2
+
+    def take_partial(self, pass_index: int) -> Any:
+        return self.sel.take_partial()
+
+    def add_partial(self, pass_index: int, partial: Any) -> None:
+        self.sel.add_partial(partial)
 
 
 class GlobalState:

@@ -12,7 +12,7 @@ from .. import kernels as K
 from ..errors import ConfigError, InvalidPercentile
 from ..layout import Block, TensorMeta
 from ._parse import parse_real
-from .base import IdentityRunner, KthSelector, Stage, StageRunner
+from .base import IdentityRunner, KthSelector, SelectorRunner, Stage, StageRunner
 
 __all__ = ["Clip"]
 
@@ -54,19 +54,12 @@ class Clip(Stage):
         return cls(**conf)
 
 
-class _ClipRunner(StageRunner):
+class _ClipRunner(SelectorRunner):
     def __init__(self, k: int, n: int) -> None:
         self.sel = KthSelector(k, n)
 
-    @property
-    def n_passes(self) -> int:
-        return self.sel.n_passes
-
     def observe(self, pass_index: int, block: Block, x: np.ndarray) -> None:
         self.sel.observe(pass_index, x.view(np.uint32))
-
-    def end_pass(self, pass_index: int) -> None:
-        self.sel.end_pass(pass_index)
 
     def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
         K.clip_le(x.view(np.uint32), x.view(np.uint32), np.uint32(self.sel.threshold))

@@ -21,7 +21,7 @@ from ..errors import (
 )
 from ..layout import Block, TensorMeta
 from ._parse import parse_count, parse_enum, parse_real
-from .base import GlobalState, IdentityRunner, KthSelector, Stage, StageRunner, f32_floor_product
+from .base import GlobalState, IdentityRunner, KthSelector, SelectorRunner, Stage, StageRunner, f32_floor_product
 
 __all__ = ["Metric", "Granularity", "PruningConfig", "Prune", "PruneNM"]
 
@@ -182,7 +182,7 @@ def score_keys(metric: Metric, seed: int, block: Block, x: np.ndarray) -> np.nda
     return K.square(x).view(np.uint32)
 
 
-class _UnstructuredRunner(StageRunner):
+class _UnstructuredRunner(SelectorRunner):
     def __init__(self, cfg: PruningConfig, k: int, n: int) -> None:
         self.cfg = cfg
         self.k = k
@@ -193,15 +193,16 @@ class _UnstructuredRunner(StageRunner):
     def observe(self, pass_index: int, block: Block, x: np.ndarray) -> None:
         self.sel.observe(pass_index, score_keys(self.cfg.metric, self.cfg.seed, block, x))
 
-    @property
-    def n_passes(self) -> int:
-        return self.sel.n_passes
-
-    def end_pass(self, pass_index: int) -> None:
-        self.sel.end_pass(pass_index)
-
     def begin_sweep(self) -> None:
         self.ties_seen = 0
+
+    def range_carry(self, partial: np.ndarray | None) -> int:
+        # the last pass histograms the low bits of keys sharing the threshold's high
+        # bits: a range's bin at the threshold counts its ties
+        return 0 if partial is None else int(partial[self.sel.threshold & 0xFFFF])
+
+    def start_range(self, carried: int) -> None:
+        self.ties_seen = int(carried)
 
     def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
         keys = score_keys(self.cfg.metric, self.cfg.seed, block, x)
@@ -279,6 +280,14 @@ class _GlobalRunner(StageRunner):
         if self.st.ready and self.base is None:
             self.base = self.st.ties_seen
         self.local = 0
+
+    def start_range(self, carried: int) -> None:
+        # a block range of a split tensor: the ties of every earlier tensor and range
+        self.base = int(carried)
+        self.local = 0
+
+    def take_partial(self, pass_index: int) -> Any:
+        return self.st.take_partial()
 
     def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
         if self.st.k == 0:

@@ -72,6 +72,20 @@ class _QuantizeRunner(StageRunner):
     def info(self) -> dict[str, Any]:
         return {"absmax": float(self.amax), "scale": float(self.scale)}
 
+    splittable = True
+
+    def take_partial(self, pass_index: int) -> np.float32:
+        m, self.amax = self.amax, np.float32(0.0)
+        return m
+
+    def add_partial(self, pass_index: int, partial: np.float32 | None) -> None:
+        if partial is not None and partial > self.amax:
+            self.amax = np.float32(partial)
+
+    @staticmethod
+    def merge_partials(a: Any, b: Any) -> Any:
+        return a if b is None else b if a is None else max(a, b)
+
 
 def name_matches(pattern: str, name: str) -> bool:
     """``re:REGEX`` (``re.search``) or a glob matched against the whole name.
@@ -200,7 +214,6 @@ class _SchemeRunner(StageRunner):
         self._mn: np.ndarray | None = None
         self._glob: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._last: tuple | None = None
-        self._scale_written = False
         self._amax = 0.0
 
     # -- statistics ------------------------------------------------------------
@@ -221,7 +234,30 @@ class _SchemeRunner(StageRunner):
         if mn is not None:
             np.minimum(self._mn[u0:u0 + k], mn, out=self._mn[u0:u0 + k])
 
+    splittable = True
+
+    def take_partial(self, pass_index: int) -> Any:
+        part = None if self._mx is None else (self._mx, self._mn)
+        self._mx = self._mn = None
+        return part
+
+    def add_partial(self, pass_index: int, partial: Any) -> None:
+        if partial is not None:
+            self._mx, self._mn = self.merge_partials(None if self._mx is None else (self._mx, self._mn), partial)
+
+    @staticmethod
+    def merge_partials(a: Any, b: Any) -> Any:
+        if a is None or b is None:
+            return a if b is None else b
+        return np.maximum(a[0], b[0]), np.minimum(a[1], b[1])
+
+    def merge_infos(self, infos: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**infos[-1], "absmax": max(i["absmax"] for i in infos)}
+
     def end_pass(self, pass_index: int) -> None:
+        if self._mx is None:  # nothing observed (no blocks)
+            units = math.prod(self.s.scale_shape(self.meta.shape))
+            self._mx, self._mn = np.zeros(units, np.float32), np.zeros(units, np.float32)
         self._glob = self.s.scales_from_stats(self._mx, None if self.s.symmetric else self._mn)
         self._amax = float(np.max(np.maximum(self._mx, -self._mn))) if self._mx.size else 0.0
         self._mx = self._mn = None
@@ -315,8 +351,7 @@ class _QuantEncoding(Encoding):
             out.append(("_scale", sregion, used.astype(s.scale_dtype).reshape(sshape)))
             if not s.symmetric:
                 out.append(("_zero_point", sregion, zp.astype(np.int8).reshape(sshape)))
-        elif not self.r._scale_written:
-            self.r._scale_written = True
+        elif block.index == 0:  # whole scale arrays, written with the first block
             used_all, _, zp_all = self.r._glob
             sshape = s.scale_shape(shape)
             full = tuple(slice(0, d) for d in sshape)

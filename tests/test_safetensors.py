@@ -215,3 +215,25 @@ def test_compressed_tensors_rejects_int4(tmp_path, rng, capsys):
     assert main(["export", str(tmp_path / "c.zarr"), str(tmp_path / "o"), "--format", "compressed-tensors"]) == 1
     assert "8-bit" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_only_checkpoint_files_are_carried_along(tmp_path, rng):
+    """A single file's directory may hold anything (a Downloads folder, the output
+    itself): only the known config/tokenizer/model-code files are copied."""
+    from streamcompress.safetensors_io import aux_files
+
+    d = tmp_path / "dl"
+    d.mkdir()
+    save_file({"w": rng.standard_normal((8, 8)).astype(np.float32)}, str(d / "model.safetensors"))
+    keep = ["config.json", "tokenizer.json", "vocab.txt", "modeling_foo.py", "1_Pooling/config.json"]
+    drop = ["notes.txt", "holiday.jpg", "script.py", ".hidden/config.json", "other.zarr/config.json",
+            "pytorch_model.bin", "deep/er/config.json"]
+    for rel in keep + drop:
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_text("{}")
+    (d / "other.zarr" / "zarr.json").write_text("{}")
+    assert sorted(r for r, _ in aux_files(d / "model.safetensors")) == sorted(keep)
+    assert main(["compress", str(d / "model.safetensors"), str(d / "out.zarr"), "--prune", "0.5", "-q"]) == 0
+    got = sorted(str(f.relative_to(d / "out.zarr" / "__aux__")) for f in (d / "out.zarr" / "__aux__").rglob("*")
+                 if f.is_file())
+    assert got == sorted(keep)

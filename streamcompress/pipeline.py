@@ -90,11 +90,13 @@ class TensorPipeline:
             if self.nonfinite == "zero":
                 K.zero_nonfinite(x)
             elif check and self.nonfinite == "error":
-                bad = int(K.count_nonfinite(x))
-                if bad:
-                    where = f"block {block.index} (flat elements {block.start}..{block.start + x.size - 1})"
-                    raise NonFiniteError(self.meta.name, bad, where)
+                self._check_count(block, x, int(K.count_nonfinite(x)))
             yield block, x
+
+    def _check_count(self, block: Block, x: np.ndarray, bad: int | None) -> None:
+        if bad:
+            where = f"block {block.index} (flat elements {block.start}..{block.start + x.size - 1})"
+            raise NonFiniteError(self.meta.name, bad, where)
 
     def _begin(self, upto: int, carries: list | None) -> None:
         """Start a sweep of runners ``< upto``; a block range starts from ``carries``
@@ -110,10 +112,15 @@ class TensorPipeline:
         """One sweep (of the tensor, or a block range with ``carries``) feeding stage
         ``i``'s pass ``p`` with the output of stages before it."""
         self._begin(i + 1, carries)
-        for block, x in self._prepared(sweep(), not self._checked):
+        r = self.runners[i]
+        # the first stage's first histogram of x's own bits counts NaN/inf for free
+        free = not self._checked and self.nonfinite == "error" and i == 0 and p == 0 and r.counts_nonfinite
+        for block, x in self._prepared(sweep(), not self._checked and not free):
             for prev in self.runners[:i]:
                 prev.apply(block, x, None)
-            self.runners[i].observe(p, block, x)
+            bad = r.observe(p, block, x)
+            if free:
+                self._check_count(block, x, bad)
         if carries is None:
             self._checked = True
 

@@ -243,3 +243,25 @@ def test_property_special_values_and_dtypes(tmp_path_factory, shape, chunk, bloc
     assert (np.ascontiguousarray(got, np.float32).view(np.uint32) ==
             np.ascontiguousarray(work[0][1], np.float32).view(np.uint32)).all()
     assert r.stage_stats[-1].nonzero_params_after == stats[-1]["nonzero_params_after"]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, "nan-payload"])
+@pytest.mark.parametrize("first", ["prune-l1", "clip", "prune-global", "prune-l2", "quantize"])
+def test_nonfinite_error_names_the_first_bad_block(rng, bad, first):
+    """Whether NaN/inf are counted by a separate check or read off the first
+    stage's histogram, the error names the same block and count (reference: numpy)."""
+    x = heavy_tailed(rng, (64, 32))
+    spots = [(20, 3), (20, 9), (50, 0)]
+    for r_, c in spots:
+        x[r_, c] = np.float32(bad) if bad != "nan-payload" else np.uint32(0xFFC01234).view(np.float32)
+    stage = {"prune-l1": sc.Prune(sc.PruningConfig(0.5)), "clip": sc.Clip(0.2),
+             "prune-global": sc.Prune(sc.PruningConfig(0.5, scope="global")),
+             "prune-l2": sc.Prune(sc.PruningConfig(0.5, metric="l2")), "quantize": sc.QuantizeInt8()}[first]
+    block = 256
+    flat = x.reshape(-1)
+    first_bad = int(np.flatnonzero(~np.isfinite(flat))[0]) // block
+    n_bad = int((~np.isfinite(flat[first_bad * block:(first_bad + 1) * block])).sum())
+    with pytest.raises(sc.NonFiniteError) as e:
+        sc.compress_model({"w": x}, sc.CompressionConfig((stage,)), options=sc.EngineOptions(block_elems=block))
+    lo = first_bad * block
+    assert f"block {first_bad} (flat elements {lo}..{lo + block - 1}) holds {n_bad} NaN/inf" in str(e.value)

@@ -82,8 +82,15 @@ class StageRunner(ABC):
     def begin_sweep(self) -> None:  # noqa: B027 - optional hook
         """Reset state carried from block to block within one sweep."""
 
-    def observe(self, pass_index: int, block: Block, x: np.ndarray) -> None:  # noqa: B027
-        """Accumulate a statistic of stage input ``x`` (pass ``pass_index``)."""
+    def observe(self, pass_index: int, block: Block, x: np.ndarray) -> int | None:  # noqa: B027
+        """Accumulate a statistic of stage input ``x`` (pass ``pass_index``).
+
+        May return the number of NaN/inf in ``x`` when it costs nothing (a
+        histogram of ``x``'s own bits); runners that do say ``counts_nonfinite``.
+        """
+
+    #: ``observe`` in pass 0 returns the count of NaN/inf in ``x``
+    counts_nonfinite: bool = False
 
     def end_pass(self, pass_index: int) -> None:  # noqa: B027
         """Derive what the next pass (or the apply sweep) needs."""
@@ -150,6 +157,10 @@ class IdentityRunner(StageRunner):
         return dict(self._info)
 
 
+#: high-16-bit bin of +inf: keys (``bits & 0x7fffffff``) from here up are inf or NaN
+NONFINITE_BIN = 0x7F80
+
+
 class KthSelector:
     """Finds the exact k-th smallest key (1-based) in two histogram passes, or one.
 
@@ -181,24 +192,26 @@ class KthSelector:
         self.below = 0
         self.ties = 0
 
-    def observe(self, pass_index: int, keys: np.ndarray) -> None:
+    def observe(self, pass_index: int, keys: np.ndarray) -> int | None:
+        """Add ``keys`` to the pass's histogram. In pass 1, returns how many keys
+        are inf or NaN bits (high bins from 0x7f80): free from the histogram."""
         if self._hist is None:
             self._hist = np.zeros(1 << 16, dtype=np.int64)
         if pass_index == 0:
             if self.n and self._win is None and keys.size:  # the first block: guess the bin
-                first = K.hist16(keys)
-                self._hist += first
+                h = K.hist16(keys)
                 guess = min(max(1, -(-self.k * keys.size // self.n)), keys.size)
-                self._win_lo = max(0, K.locate_kth(first, guess)[0] - self.WINDOW)
+                self._win_lo = max(0, K.locate_kth(h, guess)[0] - self.WINDOW)
                 self._win = np.zeros((2 * self.WINDOW + 1, 1 << 16), dtype=np.int64)
-                K.hist16_window(keys, self._win_lo, self._win)  # (its high histogram is `first`)
-                return
-            if self._win is not None:
-                self._hist += K.hist16_window(keys, self._win_lo, self._win)
+                K.hist16_window(keys, self._win_lo, self._win)  # (its high histogram is `h`)
+            elif self._win is not None:
+                h = K.hist16_window(keys, self._win_lo, self._win)
             else:
-                self._hist += K.hist16(keys)
-        else:
-            self._hist += K.hist16(keys, self._high)
+                h = K.hist16(keys)
+            self._hist += h
+            return int(h[NONFINITE_BIN:].sum())
+        self._hist += K.hist16(keys, self._high)
+        return None
 
     def take_partial(self) -> np.ndarray | None:
         """This copy's histogram of the pass so far (None: nothing observed), then reset.

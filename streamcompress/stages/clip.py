@@ -58,8 +58,10 @@ class _ClipRunner(SelectorRunner):
     def __init__(self, k: int, n: int) -> None:
         self.sel = KthSelector(k, n)
 
-    def observe(self, pass_index: int, block: Block, x: np.ndarray) -> None:
-        self.sel.observe(pass_index, x.view(np.uint32))
+    counts_nonfinite = True
+
+    def observe(self, pass_index: int, block: Block, x: np.ndarray) -> int | None:
+        return self.sel.observe(pass_index, x.view(np.uint32))
 
     def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
         K.clip_le(x.view(np.uint32), x.view(np.uint32), np.uint32(self.sel.threshold))

@@ -190,8 +190,12 @@ class _UnstructuredRunner(SelectorRunner):
         self.ties_seen = 0
         self._empty_mask = np.zeros(0, dtype=np.uint8)
 
-    def observe(self, pass_index: int, block: Block, x: np.ndarray) -> None:
-        self.sel.observe(pass_index, score_keys(self.cfg.metric, self.cfg.seed, block, x))
+    def observe(self, pass_index: int, block: Block, x: np.ndarray) -> int | None:
+        return self.sel.observe(pass_index, score_keys(self.cfg.metric, self.cfg.seed, block, x))
+
+    @property
+    def counts_nonfinite(self) -> bool:
+        return self.cfg.metric is Metric.L1  # the keys are x's own bits
 
     def begin_sweep(self) -> None:
         self.ties_seen = 0
@@ -270,8 +274,12 @@ class _GlobalRunner(StageRunner):
         self.base: int | None = None
         self.local = 0
 
-    def observe(self, pass_index: int, block: Block, x: np.ndarray) -> None:
-        self.st.sel.observe(pass_index, score_keys(self.cfg.metric, self.cfg.seed, block, x))
+    def observe(self, pass_index: int, block: Block, x: np.ndarray) -> int | None:
+        return self.st.sel.observe(pass_index, score_keys(self.cfg.metric, self.cfg.seed, block, x))
+
+    @property
+    def counts_nonfinite(self) -> bool:
+        return self.cfg.metric is Metric.L1
 
     def begin_sweep(self) -> None:
         # Tensors are swept in model order and each finishes before the next

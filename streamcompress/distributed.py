@@ -262,10 +262,11 @@ class DaskExecutor:
                            for k, (lo, hi) in enumerate(self._ranges[i])]
             else:
                 futs[i] = [self.client.submit(_global_task, self.job, i, gi, p, self._states(run, i), pure=False)]
-        index = {f: i for i, fs in futs.items() for f in fs}
+        index = {f: (i, k) for i, fs in futs.items() for k, f in enumerate(fs)}
         for f in _completed(list(index)):
             f.result()  # raise a task's error here
-            progress.update(stored_nbytes(run.sources[index[f]]) // len(futs[index[f]]))
+            i, k = index[f]
+            progress.update(self._range_bytes(run, i, k) if i in self._ranges else stored_nbytes(run.sources[i]))
         total = self._tree_reduce(type(state), [f for fs in futs.values() for f in fs])
         state.add_partial(total.result() if total is not None else None)
         if p == state.n_passes - 1:
@@ -364,7 +365,7 @@ class DaskExecutor:
     def _range_bytes(self, run: Run, i: int, k: int) -> int:
         lo, hi = self._ranges[i][k]
         src = run.sources[i]
-        return int(sum(b.size for b in run.plans[i][lo:hi]) * stored_nbytes(src) / max(src.meta.size, 1))
+        return sum(b.size for b in run.plans[i][lo:hi]) * src.stored_itemsize
 
     def _starts(self, run: Run, i: int, k: int, upto: int) -> list:
         """What each runner ``< upto`` of split tensor ``i`` carries into its range ``k``."""

@@ -235,3 +235,29 @@ def test_sigint_stops_a_cluster_run_and_resume_finishes_it(tmp_path, rng):
     assert r.returncode == 0, r.stderr
     subprocess.run(cli("compress", src, tmp_path / "clean.zarr", *flags), check=True, capture_output=True)
     assert values_snapshot(out) == values_snapshot(tmp_path / "clean.zarr")
+
+
+@pytest.mark.parametrize("split", [None, 4096], ids=["whole", "split"])
+@pytest.mark.parametrize("name", ["prune-global+int8", "prune-tensor+clip+q8_0", "prune-rows+int8-asym-tensor"])
+def test_progress_reaches_its_total(tmp_path, rng, client, monkeypatch, split, name):
+    """The bar counts bytes read; it must end at 100%, locally and on the cluster."""
+    from streamcompress import engine
+
+    seen = {}
+    real_init, real_update = engine._Progress.__init__, engine._Progress.update
+
+    def init(self, enabled, total):
+        real_init(self, False, total)
+        seen["total"], seen["done"] = total, 0
+
+    def update(self, n):
+        seen["done"] += n
+        real_update(self, n)
+
+    monkeypatch.setattr(engine._Progress, "__init__", init)
+    monkeypatch.setattr(engine._Progress, "update", update)
+    src = write_store(tmp_path / "in.zarr", model(rng), (8, 64))
+    opts = EngineOptions(block_elems=512)
+    for k, ex in enumerate([None, DaskExecutor(client=client, split_bytes=split or "1GiB")]):
+        compress_model(str(src), PIPELINES[name], output=tmp_path / f"o{k}.zarr", options=opts, executor=ex)
+        assert seen["done"] == seen["total"], (k, seen)

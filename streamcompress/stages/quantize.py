@@ -330,6 +330,7 @@ class _QuantEncoding(Encoding):
 
     def emit(self, block: Block, x: np.ndarray) -> list[tuple[str, tuple, np.ndarray]]:
         b, codes, used, zp = self.r._last
+        self.r._last = None  # the block's codes are not kept past their write (the runner outlives it)
         s, shape = self.s, self.shape
         if s.packed:
             nib = codes if not s.symmetric else codes + 8  # offset binary for signed int4

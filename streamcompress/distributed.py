@@ -38,8 +38,10 @@ plans, pipelines, stats, resume records, the report) is the engine's.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -118,28 +120,41 @@ def _limit_threads() -> int:
     return n
 
 
-def _guard(fn, *args):
-    try:
-        return fn(*args)
-    except StreamCompressError as e:
-        raise TaskError(str(e)) from None
+def _task(fn):
+    """A task function: errors come back as their one-line message."""
+
+    @functools.wraps(fn)
+    def task(*args):
+        try:
+            return fn(*args)
+        except StreamCompressError as e:
+            raise TaskError(str(e)) from None
+
+    return task
 
 
-def _global_pass(job: _Job, i: int, gi: int, p: int, states: list) -> Any:
+@contextmanager
+def _on_worker(job: _Job) -> Iterator[tuple[Run, _IO]]:
+    """What every task starts with: its Numba threads capped, the run rebuilt
+    (once per worker process), and read-ahead/write-behind threads."""
     _limit_threads()
     run = _worker_run(job)
-    pipe = run.pipeline(i, states)
-    src, blocks = run.sources[i], run.plans[i]
     io = _IO(job.options.prefetch)
     try:
-        pipe.global_pass(gi, p, lambda: io.blocks(src, blocks, lambda b: None))
+        yield run, io
     finally:
         io.close()
-    return states[gi].take_partial()
 
 
+def _sweep(io: _IO, run: Run, i: int, blocks: list):
+    return lambda: io.blocks(run.sources[i], blocks, lambda b: None)  # progress is the client's
+
+
+@_task
 def _global_task(job: _Job, i: int, gi: int, p: int, states: list) -> Any:
-    return _guard(_global_pass, job, i, gi, p, states)
+    with _on_worker(job) as (run, io):
+        run.pipeline(i, states).global_pass(gi, p, _sweep(io, run, i, run.plans[i]))
+    return states[gi].take_partial()
 
 
 def _merge_task(state_type: type, a: Any, b: Any) -> Any:
@@ -150,54 +165,28 @@ def _carry_task(state: Any, partial: Any) -> int:
     return state.tensor_carry(partial)
 
 
-def _tensor(job: _Job, i: int, states: list):
-    _limit_threads()
-    run = _worker_run(job)
-    sink = ZarrSink.attach(job.output, job.options.codec)
-    io = _IO(job.options.prefetch)
-    try:
-        return process_tensor(run, i, run.pipeline(i, states), sink, io, _Progress(False, 0))
-    finally:
-        io.close()
-
-
+@_task
 def _tensor_task(job: _Job, i: int, states: list):
-    return _guard(_tensor, job, i, states)
+    with _on_worker(job) as (run, io):
+        sink = ZarrSink.attach(job.output, job.options.codec)
+        return process_tensor(run, i, run.pipeline(i, states), sink, io, _Progress(False, 0))
 
 
-def _range_observe(job: _Job, i: int, j: int, p: int, pipe: Any, lo: int, hi: int, starts: list) -> Any:
-    _limit_threads()
-    run = _worker_run(job)
-    src, blocks = run.sources[i], run.plans[i][lo:hi]
-    io = _IO(job.options.prefetch)
-    try:
-        pipe.observe_sweep(j, p, lambda: io.blocks(src, blocks, lambda b: None), starts)
-    finally:
-        io.close()
+@_task
+def _range_observe_task(job: _Job, i: int, j: int, p: int, pipe: Any, lo: int, hi: int, starts: list) -> Any:
+    with _on_worker(job) as (run, io):
+        pipe.observe_sweep(j, p, _sweep(io, run, i, run.plans[i][lo:hi]), starts)
     return pipe.runners[j].take_partial(p)
 
 
-def _range_observe_task(*args) -> Any:
-    return _guard(_range_observe, *args)
-
-
-def _range_apply(job: _Job, i: int, pipe: Any, lo: int, hi: int, starts: list):
-    _limit_threads()
-    run = _worker_run(job)
-    src, blocks = run.sources[i], run.plans[i][lo:hi]
-    sink = ZarrSink.attach(job.output, job.options.codec)
-    io = _IO(job.options.prefetch)
-    try:
-        per_block = pipe.apply_sweep(lambda: io.blocks(src, blocks, lambda b: None),
-                                     block_writer(sink, io, src.meta.name), starts)
+@_task
+def _range_apply_task(job: _Job, i: int, pipe: Any, lo: int, hi: int, starts: list):
+    with _on_worker(job) as (run, io):
+        sink = ZarrSink.attach(job.output, job.options.codec)
+        per_block = pipe.apply_sweep(_sweep(io, run, i, run.plans[i][lo:hi]),
+                                     block_writer(sink, io, run.sources[i].meta.name), starts)
         io.flush()
-    finally:
-        io.close()
     return per_block, [r.info() for r in pipe.runners]
-
-
-def _range_apply_task(*args):
-    return _guard(_range_apply, *args)
 
 
 class DaskExecutor:
@@ -469,5 +458,6 @@ def _completed(futs: list) -> Iterator:
             except TimeoutError:
                 pass
             continue
-        pending = [f for f in pending if not f.done() or f not in done]
+        finished = set(done)
+        pending = [f for f in pending if f not in finished]
         yield from done

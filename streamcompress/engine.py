@@ -366,15 +366,12 @@ def _prepare(sources: list[TensorSource], config: CompressionConfig, skip: list[
     selected = [s.meta for s, sk in zip(sources, skip) if not sk]
     states = [s.run_state(selected) for s in stages]
     plans = [_plan(src, stages, sk, options) for src, sk in zip(sources, skip)]
-    pipelines: list[TensorPipeline | None] = [
-        None if sk else TensorPipeline(stages, src.meta, blocks, options.nonfinite, options.save_masks, states)
-        for src, sk, blocks in zip(sources, skip, plans)
-    ]
-    _check_names(sources, pipelines)
-    if input_fps is None:
-        input_fps = [src.fingerprint() for src in sources]
-    return Run(sources, config, options, skip, states, plans, pipelines, input_fps,
-               _pipeline_fingerprint(config, options), _digest(input_fps))
+    run = Run(sources, config, options, skip, states, plans, [], [], _pipeline_fingerprint(config, options), "")
+    run.pipelines = [run.pipeline(i) for i in range(len(sources))]
+    _check_names(sources, run.pipelines)  # before fingerprinting (which stats every chunk file)
+    run.input_fps = input_fps if input_fps is not None else [src.fingerprint() for src in sources]
+    run.input_fp = _digest(run.input_fps)
+    return run
 
 
 def create_outputs(run: Run, i: int, pipe: TensorPipeline | None, sink) -> list[str]:

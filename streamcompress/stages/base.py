@@ -19,23 +19,34 @@ from block to block (the prune tie counter) restart it. Runners never do I/O.
 
 from __future__ import annotations
 
+import operator
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from .. import kernels as K
 from ..layout import Block, TensorMeta
 
-__all__ = ["Stage", "StageRunner", "SelectorRunner", "GlobalState", "KthSelector", "IdentityRunner", "f32_floor_product", "ArraySpec",
-           "Encoding", "FloatEncoding"]
+__all__ = ["Stage", "StageRunner", "SelectorRunner", "GlobalState", "KthSelector", "IdentityRunner",
+           "f32_floor_product", "merge_with", "ArraySpec", "Encoding", "FloatEncoding"]
 
 
 def f32_floor_product(fraction: float, count: int) -> int:
     """``floor(fraction as f32 * count as f32)`` as the seed computes it (saturating at 0)."""
     v = np.float32(np.float32(fraction) * np.float32(count))
     return int(np.floor(v)) if v > 0 else 0
+
+
+def merge_with(op: Callable[[Any, Any], Any]) -> staticmethod:
+    """A ``merge_partials`` from a combining ``op``: the monoid whose identity is None
+    (a copy that observed nothing)."""
+
+    def merge(a: Any, b: Any) -> Any:
+        return a if b is None else b if a is None else op(a, b)
+
+    return staticmethod(merge)
 
 
 @dataclass(frozen=True)
@@ -127,9 +138,7 @@ class StageRunner(ABC):
     def add_partial(self, pass_index: int, partial: Any) -> None:
         raise NotImplementedError
 
-    @staticmethod
-    def merge_partials(a: Any, b: Any) -> Any:
-        return a if b is None else b if a is None else a + b
+    merge_partials = merge_with(operator.add)
 
     def range_carry(self, partial: Any) -> int | None:
         """After the last pass: what a range (given its last partial) adds to the
@@ -193,8 +202,8 @@ class KthSelector:
         self.ties = 0
 
     def observe(self, pass_index: int, keys: np.ndarray) -> int | None:
-        """Add ``keys`` to the pass's histogram. In pass 1, returns how many keys
-        are inf or NaN bits (high bins from 0x7f80): free from the histogram."""
+        """Add ``keys`` to the pass's histogram. In the first pass, returns how many
+        keys are inf or NaN bits (high bins from 0x7f80): free from the histogram."""
         if self._hist is None:
             self._hist = np.zeros(1 << 16, dtype=np.int64)
         if pass_index == 0:
@@ -231,6 +240,12 @@ class KthSelector:
         else:
             self._hist += hist
 
+    def ties_in(self, partial: np.ndarray | None) -> int:
+        """Once the threshold is known: the ties in the part of the data whose last-pass
+        histogram is ``partial`` (that pass bins the low bits of keys sharing the
+        threshold's high bits, so its bin at the threshold counts them)."""
+        return 0 if partial is None else int(partial[self.threshold & 0xFFFF])
+
     def end_pass(self, pass_index: int) -> None:
         if self._hist is None:
             self._hist = np.zeros(1 << 16, dtype=np.int64)
@@ -259,9 +274,6 @@ class SelectorRunner(StageRunner):
     @property
     def n_passes(self) -> int:
         return self.sel.n_passes
-
-    def observe_keys(self, pass_index: int, keys: np.ndarray) -> None:
-        self.sel.observe(pass_index, keys)
 
     def end_pass(self, pass_index: int) -> None:
         self.sel.end_pass(pass_index)
@@ -300,9 +312,7 @@ class GlobalState:
     def add_partial(self, partial: Any) -> None:
         """Fold a merged partial of the current pass into this state."""
 
-    @staticmethod
-    def merge_partials(a: Any, b: Any) -> Any:
-        return a if b is None else b if a is None else a + b
+    merge_partials = merge_with(operator.add)
 
     def tensor_carry(self, partial: Any) -> int:
         """After the last pass: what one tensor (given its last-pass partial) adds

@@ -201,9 +201,7 @@ class _UnstructuredRunner(SelectorRunner):
         self.ties_seen = 0
 
     def range_carry(self, partial: np.ndarray | None) -> int:
-        # the last pass histograms the low bits of keys sharing the threshold's high
-        # bits: a range's bin at the threshold counts its ties
-        return 0 if partial is None else int(partial[self.sel.threshold & 0xFFFF])
+        return self.sel.ties_in(partial)
 
     def start_range(self, carried: int) -> None:
         self.ties_seen = int(carried)
@@ -255,11 +253,7 @@ class _GlobalPruneState(GlobalState):
             self.sel.add_partial(partial)
 
     def tensor_carry(self, partial: np.ndarray | None) -> int:
-        # the last pass histograms the low 16 bits of keys sharing the threshold's
-        # high bits: its bin at the threshold counts the tensor's ties
-        if self.sel is None or partial is None:
-            return 0
-        return int(partial[self.sel.threshold & 0xFFFF])
+        return self.sel.ties_in(partial) if self.sel is not None else 0
 
     def start_tensor(self, carried: int) -> None:
         self.ties_seen = int(carried)

@@ -14,7 +14,7 @@ import numpy as np
 from .. import kernels as K
 from ..errors import ConfigError
 from ..layout import Block, TensorMeta
-from .base import ArraySpec, Encoding, Stage, StageRunner
+from .base import ArraySpec, Encoding, Stage, StageRunner, merge_with
 from .schemes import QuantGranularity, QuantScheme, parse_scheme
 
 __all__ = ["QuantizeInt8", "Quantize", "name_matches"]
@@ -82,9 +82,7 @@ class _QuantizeRunner(StageRunner):
         if partial is not None and partial > self.amax:
             self.amax = np.float32(partial)
 
-    @staticmethod
-    def merge_partials(a: Any, b: Any) -> Any:
-        return a if b is None else b if a is None else max(a, b)
+    merge_partials = merge_with(max)
 
 
 def name_matches(pattern: str, name: str) -> bool:
@@ -245,11 +243,7 @@ class _SchemeRunner(StageRunner):
         if partial is not None:
             self._mx, self._mn = self.merge_partials(None if self._mx is None else (self._mx, self._mn), partial)
 
-    @staticmethod
-    def merge_partials(a: Any, b: Any) -> Any:
-        if a is None or b is None:
-            return a if b is None else b
-        return np.maximum(a[0], b[0]), np.minimum(a[1], b[1])
+    merge_partials = merge_with(lambda a, b: (np.maximum(a[0], b[0]), np.minimum(a[1], b[1])))  # (max, min)
 
     def merge_infos(self, infos: list[dict[str, Any]]) -> dict[str, Any]:
         return {**infos[-1], "absmax": max(i["absmax"] for i in infos)}

@@ -117,6 +117,19 @@ def test_quantize_matches_reference_bit_exactly(rng):
     assert (y.view(np.uint32) == expect.view(np.uint32)).all()  # also +0.0, never -0.0
 
 
+def test_quantize_with_an_underflowing_scale_is_the_seeds_division_by_zero():
+    """absmax of denormals: scale = absmax / 127 is 0 and the seed computes x / 0."""
+    x = np.array([-1e-45, 1e-45, 0.0, -0.0, -3e-45], dtype=np.float32)
+    scale = np.float32(np.float32(np.abs(x).max()) / np.float32(127))
+    assert scale == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.clip(np.nan_to_num(round_half_away((x / scale).astype(np.float32)), nan=0.0), -127, 127)
+    expect = (q.astype(np.float32) * scale).astype(np.float32)
+    y = x.copy()
+    K.quantize_int8_sim(y, scale)
+    assert (y.view(np.uint32) == expect.view(np.uint32)).all()  # -0.0 for the negatives
+
+
 def test_round_half_away_at_exact_halves():
     scale = np.float32(1.0)
     x = np.array([0.5, 1.5, 2.5, -0.5, -2.5, 0.49999997], dtype=np.float32)

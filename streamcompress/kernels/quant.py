@@ -136,6 +136,13 @@ def quantize_int8_sim(x: np.ndarray, scale: np.float32) -> None:
     n = x.size
     if n == 0:
         return
+    if scale == 0:
+        # A nonzero absmax whose scale underflows (denormals): the seed divides by
+        # zero, x/0 = +-inf clamps to +-127 (0/0 and NaN give 0), times a zero scale:
+        # -0.0 where x < 0, +0.0 elsewhere. (quantize_units gives every code the
+        # zero point for a zero scale, the rule of the stored schemes.)
+        x[...] = np.where(x < 0, np.float32(-0.0), np.float32(0.0))
+        return
     s = np.array([scale], dtype=np.float32)
     quantize_units(x, 0, n, n, s, s, np.zeros(1, np.int64), -127, 127, False, np.empty(n, np.int16))
 

@@ -214,3 +214,55 @@ def test_scores_reference_consistency(rng):
 
 def test_threading_layer_is_threadsafe():
     assert K.check_threading_layer() in ("omp", "tbb")
+
+
+def specials(rng, n):
+    """Normal data sprinkled with NaN, +-inf, -0.0, denormals and huge values."""
+    x = rng.standard_normal(n).astype(np.float32)
+    vals = np.array([np.nan, -np.nan, np.inf, -np.inf, -0.0, 1e-45, -3e-39, 3e38, -3e38], np.float32)
+    idx = rng.integers(0, n, max(1, n // 50))
+    x[idx] = vals[rng.integers(0, vals.size, idx.size)]
+    return x
+
+
+@pytest.mark.parametrize("n", [1, 3, 65535, 65536, 65537, 200003])
+def test_reductions_equal_numpy_with_special_values(rng, n):
+    x = specials(rng, n)
+    finite_or_inf = np.abs(x[~np.isnan(x)])
+    ref_absmax = np.float32(finite_or_inf.max()) if finite_or_inf.size else np.float32(0)
+    assert K.absmax(x).view(np.uint32) == max(ref_absmax, np.float32(0)).view(np.uint32)
+    assert K.count_nonzero(x) == np.count_nonzero(x)  # NaN counts as non-zero
+    assert K.count_nonfinite(x) == (~np.isfinite(x)).sum()
+
+
+@pytest.mark.parametrize("L,g,start,n", [(1000, 1000, 0, 7000), (1000, 1000, 500, 2600), (96, 32, 40, 1000),
+                                          (70000, 70000, 10, 139990)])
+def test_unit_absmax_and_minmax_equal_numpy(rng, L, g, start, n):
+    x = specials(rng, n)
+    u0, k = K.unit_range(start, n, L, g)
+    G = -(-L // g)
+    f = np.arange(start, start + n)
+    unit = (f // L) * G + (f % L) // g - u0
+    amax, mn, mx = np.zeros(k, np.float32), np.zeros(k, np.float32), np.zeros(k, np.float32)
+    for j in range(k):
+        v = x[unit == j]
+        v = v[~np.isnan(v)]
+        amax[j] = max(np.abs(v).max(), 0) if v.size else 0
+        mn[j] = min(v.min(), 0) if v.size else 0
+        mx[j] = max(v.max(), 0) if v.size else 0
+    assert (K.unit_absmax(x, start, L, g).view(np.uint32) == amax.view(np.uint32)).all()
+    got_mn, got_mx = K.unit_minmax(x, start, L, g)
+    assert (got_mn == mn).all() and (got_mx == mx).all()
+
+
+def test_window_histogram_accumulates_blocks_and_counts_nonfinite(rng):
+    x = specials(rng, 150001)
+    keys = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    lo = max(0, int(np.median(keys >> 16)) - 3)
+    wh = K.WindowHistogram(lo, 7)
+    for a, b in [(0, 5), (5, 70000), (70000, 150001)]:
+        assert wh.add(x[a:b].view(np.uint32)) == (~np.isfinite(x[a:b])).sum()
+    assert (wh.high() == np.bincount(keys >> 16, minlength=1 << 16)).all()
+    win = wh.window()
+    for j in range(7):
+        assert (win[j] == np.bincount(keys[(keys >> 16) == lo + j] & 0xFFFF, minlength=1 << 16)).all()

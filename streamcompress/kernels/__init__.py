@@ -33,6 +33,7 @@ _WHERE = {
     "NBINS": "select",
     "hist16": "select",
     "hist16_window": "select",
+    "WindowHistogram": "select",
     "locate_kth": "select",
     "accumulate_col_scores": "structured",
     "accumulate_row_scores": "structured",

@@ -35,8 +35,9 @@ def count_nonzero(x):
     part = np.zeros(max(nt, 1), dtype=np.int64)
     for t in prange(nt):
         c = 0
-        for i in range(t * TILE, min(x.size, (t + 1) * TILE)):
-            if x[i] != 0:
+        xs = x[t * TILE:(t + 1) * TILE]  # 0-based slices: see quantize_units
+        for i in range(xs.size):
+            if xs[i] != 0:
                 c += 1
         part[t] = c
     return part.sum()
@@ -48,8 +49,9 @@ def count_nonfinite(x):
     part = np.zeros(max(nt, 1), dtype=np.int64)
     for t in prange(nt):
         c = 0
-        for i in range(t * TILE, min(x.size, (t + 1) * TILE)):
-            if not np.isfinite(x[i]):
+        xs = x[t * TILE:(t + 1) * TILE]
+        for i in range(xs.size):
+            if not np.isfinite(xs[i]):
                 c += 1
         part[t] = c
     return part.sum()
@@ -64,22 +66,29 @@ def zero_nonfinite(x):
 
 
 @numba.njit(**PJIT)
-def absmax(x):
-    """max |x| with the seed's fold (``f32::max`` from 0.0, NaN ignored)."""
-    nt = (x.size + TILE - 1) // TILE
-    part = np.zeros(max(nt, 1), dtype=np.float32)
+def _absmax_bits(u):
+    nt = (u.size + TILE - 1) // TILE
+    part = np.zeros(max(nt, 1), dtype=np.uint32)
     for t in prange(nt):
-        m = np.float32(0.0)
-        for i in range(t * TILE, min(x.size, (t + 1) * TILE)):
-            a = abs(x[i])
-            if a > m:
-                m = a
+        m = np.uint32(0)
+        us = u[t * TILE:(t + 1) * TILE]
+        for i in range(us.size):
+            k = us[i] & _KEYMASK
+            k = k if k <= np.uint32(0x7F800000) else np.uint32(0)  # NaN ignored, inf kept
+            m = max(m, k)
         part[t] = m
-    m = np.float32(0.0)
-    for t in range(part.size):
-        if part[t] > m:
-            m = part[t]
-    return m
+    return part.max()
+
+
+def absmax(x: np.ndarray) -> np.float32:
+    """max |x| with the seed's fold (``f32::max`` from 0.0, NaN ignored).
+
+    Taken as the largest ``bits & 0x7fffffff`` that is not NaN: for float32
+    the bit order is the |x| order, and the integer max vectorizes where the
+    float one does not (measured 10x).
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    return np.uint32(_absmax_bits(x.view(np.uint32))).view(np.float32)
 
 
 @numba.njit(**PJIT)
@@ -132,8 +141,9 @@ def _tie_counts(keys, thr):
     ties = np.zeros(nt, dtype=np.int64)
     for t in prange(nt):
         c = 0
-        for i in range(t * TILE, min(n, (t + 1) * TILE)):
-            c += (keys[i] & np.uint32(0x7FFFFFFF)) == thr
+        ks = keys[t * TILE:(t + 1) * TILE]
+        for i in range(ks.size):
+            c += (ks[i] & np.uint32(0x7FFFFFFF)) == thr
         ties[t] = c
     return ties
 
@@ -209,9 +219,11 @@ def diff_stats(before, after):
         e = 0.0
         m = 0.0
         s = 0.0
-        for i in range(lo, hi):
-            a = np.float64(after[i])
-            b = np.float64(before[i])
+        af = after[lo:hi]
+        bf = before[lo:hi]
+        for i in range(hi - lo):
+            a = np.float64(af[i])
+            b = np.float64(bf[i])
             c += a != 0
             d = a - b
             e += d * d

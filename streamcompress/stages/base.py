@@ -193,8 +193,7 @@ class KthSelector:
         self.n = n
         self.n_passes = 2
         self._hist: np.ndarray | None = None  # allocated on first use
-        self._win: np.ndarray | None = None
-        self._win_lo = 0
+        self._win = None  # a WindowHistogram while pass 0 keeps one
         self._high = -1
         self._below_high = 0
         self.threshold: int | None = None
@@ -204,23 +203,23 @@ class KthSelector:
     def observe(self, pass_index: int, keys: np.ndarray) -> int | None:
         """Add ``keys`` to the pass's histogram. In the first pass, returns how many
         keys are inf or NaN bits (high bins from 0x7f80): free from the histogram."""
-        if self._hist is None:
-            self._hist = np.zeros(1 << 16, dtype=np.int64)
         if pass_index == 0:
             if self.n and self._win is None and keys.size:  # the first block: guess the bin
-                h = K.hist16(keys)
                 guess = min(max(1, -(-self.k * keys.size // self.n)), keys.size)
-                self._win_lo = max(0, K.locate_kth(h, guess)[0] - self.WINDOW)
-                self._win = np.zeros((2 * self.WINDOW + 1, 1 << 16), dtype=np.int64)
-                K.hist16_window(keys, self._win_lo, self._win)  # (its high histogram is `h`)
-            elif self._win is not None:
-                h = K.hist16_window(keys, self._win_lo, self._win)
-            else:
-                h = K.hist16(keys)
-            self._hist += h
+                win_lo = max(0, K.locate_kth(K.hist16(keys), guess)[0] - self.WINDOW)
+                self._win = K.WindowHistogram(win_lo, 2 * self.WINDOW + 1)
+            if self._win is not None:
+                return self._win.add(keys)
+            h = K.hist16(keys)
+            self._add(h)
             return int(h[NONFINITE_BIN:].sum())
-        self._hist += K.hist16(keys, self._high)
+        self._add(K.hist16(keys, self._high))
         return None
+
+    def _add(self, h: np.ndarray) -> None:
+        if self._hist is None:
+            self._hist = np.zeros(1 << 16, dtype=np.int64)
+        self._hist += h
 
     def take_partial(self) -> np.ndarray | None:
         """This copy's histogram of the pass so far (None: nothing observed), then reset.
@@ -229,6 +228,9 @@ class KthSelector:
         (:meth:`add_partial`), so a pass can be split over processes (only
         selectors made without ``n``, which never skip pass 2).
         """
+        if self._win is not None:  # a window is this copy's own: keep only its high counts
+            self._add(self._win.high())
+            self._win = None
         h, self._hist = self._hist, None
         return h
 
@@ -250,11 +252,13 @@ class KthSelector:
         if self._hist is None:
             self._hist = np.zeros(1 << 16, dtype=np.int64)
         if pass_index == 0:
+            wh, self._win = self._win, None
+            if wh is not None:
+                self._hist += wh.high()
             self._high, self._below_high = K.locate_kth(self._hist, self.k)
-            win, self._win = self._win, None
             self._hist = None  # the next pass starts from zero
-            if win is not None and 0 <= self._high - self._win_lo < len(win):
-                self._hist = win[self._high - self._win_lo].copy()
+            if wh is not None and 0 <= self._high - wh.win_lo < wh.nwin:
+                self._hist = wh.window()[self._high - wh.win_lo]
                 self.n_passes = 1
                 self.end_pass(1)
         else:

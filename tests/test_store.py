@@ -1,0 +1,64 @@
+"""Reading Zarr inputs: the direct chunk-file path equals zarr's own read."""
+
+import numpy as np
+import pytest
+import zarr
+
+from streamcompress.errors import InvalidStore
+from streamcompress.layout import plan_blocks
+from streamcompress.store import ZarrSource, _DirectChunks
+
+
+def make(path, data, chunks, **kw):
+    g = zarr.open_group(str(path), mode="a")
+    a = g.create_array("t", shape=data.shape, chunks=chunks, dtype="float32", compressors=None,
+                       fill_value=7.0, config={"write_empty_chunks": True}, **kw)
+    a[...] = data
+    return a
+
+
+def read_all(src, max_elems):
+    """Every block of a plan read with read_into (into a dirty reused buffer), joined."""
+    buf = np.full(max_elems + 5, np.nan, np.float32)
+    out = []
+    for b in plan_blocks(src.meta.shape, max_elems):
+        out.append(src.read_into(b, buf).copy())
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("shape,chunks", [((10, 6), (4, 6)), ((37,), (8,)), ((5, 3, 4), (2, 3, 4))])
+@pytest.mark.parametrize("max_elems", [1, 7, 12, 24, 1000])
+def test_direct_reads_equal_the_array(tmp_path, shape, chunks, max_elems, monkeypatch):
+    data = np.arange(np.prod(shape), dtype=np.float32).reshape(shape) * np.float32(0.5) - 3
+    src = ZarrSource("t", make(tmp_path / "s.zarr", data, chunks))
+    monkeypatch.setattr(ZarrSource, "read_raw", lambda *a, **k: pytest.fail("zarr read, not direct"))
+    assert (read_all(src, max_elems) == data.reshape(-1)).all()
+    assert isinstance(src._direct, _DirectChunks)
+
+
+def test_missing_chunk_reads_the_fill_value_through_zarr(tmp_path):
+    data = np.arange(40, dtype=np.float32).reshape(10, 4)
+    a = make(tmp_path / "s.zarr", data, (4, 4))
+    (tmp_path / "s.zarr" / "t" / "c" / "1" / "0").unlink()  # rows 4..7 now read as fill_value
+    expect = data.copy()
+    expect[4:8] = 7.0
+    assert (read_all(ZarrSource("t", a), 8) == expect.reshape(-1)).all()
+
+
+def test_a_chunk_file_of_the_wrong_size_is_left_to_zarr(tmp_path):
+    a = make(tmp_path / "s.zarr", np.ones((8, 4), np.float32), (4, 4))
+    f = tmp_path / "s.zarr" / "t" / "c" / "1" / "0"
+    f.write_bytes(f.read_bytes()[:-4])
+    with pytest.raises(InvalidStore, match="cannot read its chunk data"):
+        read_all(ZarrSource("t", a), 16)
+
+
+@pytest.mark.parametrize("kw", [dict(chunks=(4, 2)), dict(chunks=(4, 4), compressors="auto")])
+def test_not_direct_when_chunks_split_rows_or_are_compressed(tmp_path, kw):
+    data = np.arange(32, dtype=np.float32).reshape(8, 4)
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    a = g.create_array("t", shape=data.shape, dtype="float32", **kw)
+    a[...] = data
+    src = ZarrSource("t", a)
+    assert (read_all(src, 8) == data.reshape(-1)).all()
+    assert src._direct is False

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import platform
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -139,18 +140,24 @@ def check_stop() -> None:
 
 
 class _IO:
-    """Read-ahead and write-behind threads, and a ring of three reused read buffers.
+    """Read-ahead and write-behind threads, and a ring of reused read buffers.
 
-    Three suffice: the block read ahead, the block in hand, and the block the
-    write in flight may still hold (``write`` waits for the previous write
-    before it starts the next).
+    ``WRITES`` writes run at once (on as many threads: each compresses its
+    chunks, so two use both cores while the main thread computes); ``write``
+    first waits for the oldest when that many are in flight. The ring holds
+    ``WRITES + 2`` buffers: the block read ahead, the block in hand, and the
+    blocks the writes in flight may still hold.
     """
+
+    #: writes in flight at once
+    WRITES = 2
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.reader = ThreadPoolExecutor(1, "sc-read") if enabled else None
-        self.writer = ThreadPoolExecutor(1, "sc-write") if enabled else None
-        self.pending: Future | None = None
+        self.writer = ThreadPoolExecutor(self.WRITES, "sc-write") if enabled else None
+        self.pending: deque[Future] = deque()  # writes
+        self.finishing: deque[Future] = deque()  # after_writes tasks
         self.ring: list[np.ndarray] = []
         self.turn = 0
 
@@ -159,11 +166,12 @@ class _IO:
         if not src.reads_into or not blocks:
             return src.read
         need = max(b.size for b in blocks)
+        size = self.WRITES + 2
         if not self.ring or self.ring[0].size < need:
-            self.ring = [np.empty(need, np.float32) for _ in range(3)]
+            self.ring = [np.empty(need, np.float32) for _ in range(size)]
 
         def read(b: Block) -> np.ndarray:
-            buf = self.ring[self.turn % 3]
+            buf = self.ring[self.turn % size]
             self.turn += 1
             return src.read_into(b, buf)
 
@@ -198,13 +206,39 @@ class _IO:
         if not self.enabled:
             fn(*args)
             return
-        self.flush()
-        self.pending = self.writer.submit(fn, *args)
+        while len(self.pending) >= self.WRITES:
+            self.pending.popleft().result()
+        self.pending.append(self.writer.submit(fn, *args))
+
+    def after_writes(self, fn, *args) -> Future:
+        """Run ``fn(*args)`` once every write submitted so far is done (on a writer
+        thread: the caller goes on); the future holds its result, or the first
+        error of those writes or of ``fn``."""
+        if not self.enabled:
+            self.flush()
+            fut: Future = Future()
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+                fut.set_exception(e)
+            return fut
+        earlier = list(self.pending)
+        self.pending.clear()
+
+        def run():
+            for f in earlier:  # submitted before this task: each is running or ahead in the queue
+                f.result()
+            return fn(*args)
+
+        fut = self.writer.submit(run)
+        self.finishing.append(fut)
+        return fut
 
     def flush(self) -> None:
-        if self.pending is not None:
-            p, self.pending = self.pending, None
-            p.result()
+        """Wait for every write and after_writes task (raising the first error)."""
+        for q in (self.pending, self.finishing):
+            while q:
+                q.popleft().result()
 
     def close(self) -> None:
         try:
@@ -274,7 +308,7 @@ def _copy_skipped(src: TensorSource, blocks: list[Block], io: _IO, progress: _Pr
         check_stop()
         raw = np.ascontiguousarray(src.read_raw(b))
         progress.update(raw.nbytes)
-        x = src.read(b) if src.is_float else raw.reshape(-1)
+        x = raw.reshape(-1) if raw.dtype == np.float32 or not src.is_float else src.read(b)
         nz += int(K.count_nonzero(x)) if x.dtype == np.float32 else int(np.count_nonzero(x))
         io.write(sink.write, name, b.region, raw.reshape(b.shape))
     return nz
@@ -426,12 +460,11 @@ def finish_tensor(run: Run, i: int, pipe: TensorPipeline | None, sink, written: 
     return info
 
 
-def process_tensor(run: Run, i: int, pipe: TensorPipeline | None, sink, io: _IO,
-                   progress: _Progress) -> tuple[list[StageStats], dict[str, Any]]:
-    """Compress tensor ``i`` into ``sink`` and mark it complete (durable first).
-
-    Returns its per-stage stats and the info recorded on its array.
-    """
+def start_tensor(run: Run, i: int, pipe: TensorPipeline | None, sink, io: _IO,
+                 progress: _Progress) -> tuple[list[StageStats], Future]:
+    """Compress tensor ``i`` into ``sink``; its completion (files made durable, then
+    the record) runs behind, after its writes. Returns its per-stage stats and
+    the future of the info recorded on its array."""
     src, blocks, stages = run.sources[i], run.plans[i], run.config.stages
     progress.describe(src.meta.name)
     written = create_outputs(run, i, pipe, sink)
@@ -441,13 +474,21 @@ def process_tensor(run: Run, i: int, pipe: TensorPipeline | None, sink, io: _IO,
 
     if pipe is None:
         nz = _copy_skipped(src, blocks, io, progress, sink, src.meta.name)
-        io.flush()
         stats, infos = skipped_stats(stages, src.meta, nz), [{} for _ in stages]
     else:
         stats, infos = pipe.run(sweep, block_writer(sink, io, src.meta.name))
-        io.flush()
         progress.update(pipe.skipped_sweeps * stored_nbytes(src))
-    return stats, finish_tensor(run, i, pipe, sink, written, stats, infos)
+    return stats, io.after_writes(finish_tensor, run, i, pipe, sink, written, stats, infos)
+
+
+def process_tensor(run: Run, i: int, pipe: TensorPipeline | None, sink, io: _IO,
+                   progress: _Progress) -> tuple[list[StageStats], dict[str, Any]]:
+    """Compress tensor ``i`` into ``sink`` and mark it complete (durable first).
+
+    Returns its per-stage stats and the info recorded on its array.
+    """
+    stats, info = start_tensor(run, i, pipe, sink, io, progress)
+    return stats, info.result()
 
 
 class LocalExecutor:
@@ -481,14 +522,19 @@ class LocalExecutor:
 
     def tensors(self, run: Run, resumed: dict[int, dict[str, Any]], sink, progress: _Progress):
         io = self._io(run)
+        behind = None
         for i in range(len(run.sources)):
             if i in resumed:  # in model order: global stages carry state from tensor to tensor
                 for state, d in zip(run.states, resumed[i]["stages"]):
                     if state is not None:
                         state.resume_tensor(d)
                 continue
-            stats, info = process_tensor(run, i, run.pipelines[i], sink, io, progress)
-            yield i, stats, info
+            stats, info = start_tensor(run, i, run.pipelines[i], sink, io, progress)
+            if behind is not None:  # the previous tensor completes while this one ran
+                yield behind[0], behind[1], behind[2].result()
+            behind = (i, stats, info)
+        if behind is not None:
+            yield behind[0], behind[1], behind[2].result()
 
     def close(self) -> None:
         if self.io is not None:

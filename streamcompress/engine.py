@@ -177,7 +177,13 @@ class _IO:
 
         return read
 
-    def blocks(self, src: TensorSource, blocks: list[Block], on_read) -> Iterator:
+    def blocks(self, src: TensorSource, blocks: list[Block], on_read, readonly: bool = False) -> Iterator:
+        """``(block, flat float32)`` of each block in turn. ``readonly``: the caller
+        only reads the values (a statistic sweep), so blocks the source can map
+        from the page cache come mapped (no copy, no read-ahead needed)."""
+        if readonly and blocks and src.map_block(blocks[0]) is not None:
+            yield from self._mapped(src, blocks, on_read)
+            return
         read = self._reader(src, blocks)
         if not self.enabled:
             for b in blocks:
@@ -201,6 +207,16 @@ class _IO:
                     fut.result()
                 except BaseException:  # noqa: BLE001 - the reader's error is not ours to raise
                     pass
+
+    def _mapped(self, src: TensorSource, blocks: list[Block], on_read) -> Iterator:
+        for b in blocks:
+            check_stop()
+            x = src.map_block(b)
+            if x is None:  # e.g. a block across chunks: read it
+                x = src.read(b)
+            on_read(b)
+            yield b, x
+            del x  # unmapped before the next is mapped
 
     def write(self, fn, *args) -> None:
         if not self.enabled:
@@ -469,8 +485,8 @@ def start_tensor(run: Run, i: int, pipe: TensorPipeline | None, sink, io: _IO,
     progress.describe(src.meta.name)
     written = create_outputs(run, i, pipe, sink)
 
-    def sweep():
-        return io.blocks(src, blocks, progress.on_read(src))
+    def sweep(readonly: bool = False):
+        return io.blocks(src, blocks, progress.on_read(src), readonly)
 
     if pipe is None:
         nz = _copy_skipped(src, blocks, io, progress, sink, src.meta.name)
@@ -517,8 +533,8 @@ class LocalExecutor:
         for src, pipe, blocks in zip(run.sources, run.pipelines, run.plans):
             if pipe is not None:
                 progress.describe(f"{run.config.stages[gi].name} pass {p + 1}: {src.meta.name}")
-                pipe.global_pass(gi, p, lambda src=src, blocks=blocks: io.blocks(src, blocks,
-                                                                                 progress.on_read(src)))
+                pipe.global_pass(gi, p, lambda readonly=False, src=src, blocks=blocks: io.blocks(
+                    src, blocks, progress.on_read(src), readonly))
 
     def tensors(self, run: Run, resumed: dict[int, dict[str, Any]], sink, progress: _Progress):
         io = self._io(run)

@@ -1,7 +1,8 @@
 """One tensor through all stages: statistic sweeps, then the apply sweep.
 
 The pipeline is I/O-free: the engine hands it a way to stream the tensor's
-blocks (``sweep()`` returns a fresh iterator of ``(block, float32 array)``)
+blocks (``sweep(readonly=False)`` returns a fresh iterator of ``(block, float32
+array)``; ``readonly`` promises the values are only read)
 and a ``write`` callback. A stage's statistic is taken on the output of the
 stages before it, recomputed block by block (never a temporary full copy).
 """
@@ -24,7 +25,7 @@ __all__ = ["NONFINITE_POLICIES", "TensorPipeline", "skipped_stats"]
 #: What to do with NaN/inf in a processed tensor.
 NONFINITE_POLICIES = ("error", "zero", "keep")
 
-Sweep = Callable[[], Iterable[tuple[Block, np.ndarray]]]
+Sweep = Callable[..., Iterable[tuple[Block, np.ndarray]]]
 #: ``write(emissions, block, mask)`` with emissions ``[(suffix, region, data)]``.
 Writer = Callable[[list, Block, "np.ndarray | None"], None]
 
@@ -115,7 +116,9 @@ class TensorPipeline:
         r = self.runners[i]
         # the first stage's first histogram of x's own bits counts NaN/inf for free
         free = not self._checked and self.nonfinite == "error" and i == 0 and p == 0 and r.counts_nonfinite
-        for block, x in self._prepared(sweep(), not self._checked and not free):
+        # stage 0's input is the tensor itself, only read here: it may come mapped, not copied
+        for block, x in self._prepared(sweep(readonly=i == 0 and self.nonfinite != "zero"),
+                                       not self._checked and not free):
             for prev in self.runners[:i]:
                 prev.apply(block, x, None)
             bad = r.observe(p, block, x)

@@ -268,3 +268,19 @@ def test_window_histogram_accumulates_blocks_and_counts_nonfinite(rng):
     win = wh.window()
     for j in range(7):
         assert (win[j] == np.bincount(keys[(keys >> 16) == lo + j] & 0xFFFF, minlength=1 << 16)).all()
+
+
+def test_window_histogram_folds_int32_slots_before_they_overflow(rng, monkeypatch):
+    """Slots are int32: folded into int64 totals before a count could pass 2**31 - 1
+    (the limit lowered here so a small test crosses it several times)."""
+    monkeypatch.setattr(K.WindowHistogram, "_FOLD_AT", 1000)
+    x = np.abs(rng.standard_normal(5000).astype(np.float32))
+    keys = x.view(np.uint32)
+    lo = int(np.median(keys >> 16)) - 1
+    wh = K.WindowHistogram(lo, 3)
+    for b in range(0, 5000, 700):
+        wh.add(keys[b:b + 700])
+    assert wh._H is not None  # folded at least once
+    assert (wh.high() == np.bincount(keys >> 16, minlength=1 << 16)).all()
+    for j in range(3):
+        assert (wh.window()[j] == np.bincount(keys[(keys >> 16) == lo + j] & 0xFFFF, minlength=1 << 16)).all()

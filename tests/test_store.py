@@ -62,3 +62,26 @@ def test_not_direct_when_chunks_split_rows_or_are_compressed(tmp_path, kw):
     src = ZarrSource("t", a)
     assert (read_all(src, 8) == data.reshape(-1)).all()
     assert src._direct is False
+
+
+def test_mapped_blocks_equal_the_data_and_writes_stay_private(tmp_path):
+    data = np.arange(60, dtype=np.float32).reshape(10, 6)
+    a = make(tmp_path / "s.zarr", data, (4, 6))
+    src = ZarrSource("t", a)
+    blocks = plan_blocks(src.meta.shape, 12)  # rows 0-1, 2-3 (chunk 0), 4-5, 6-7 (chunk 1), 8-9 (edge chunk)
+    for b in blocks:
+        x = src.map_block(b)
+        assert x is not None and (x == data.reshape(-1)[b.start:b.start + b.size]).all()
+        x[:] = -1  # copy-on-write: the file keeps its values
+    assert (np.asarray(zarr.open_array(str(tmp_path / "s.zarr" / "t"))[...]) == data).all()
+    across = plan_blocks(src.meta.shape, 18)[1]  # rows 3-5 span chunks 0 and 1
+    assert src.map_block(across) is None
+    (tmp_path / "s.zarr" / "t" / "c" / "1" / "0").unlink()
+    assert src.map_block(blocks[2]) is None  # a missing chunk is zarr's to fill
+
+
+def test_compressed_arrays_are_not_mapped(tmp_path):
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    a = g.create_array("t", shape=(8, 4), chunks=(4, 4), dtype="float32")
+    a[...] = 1
+    assert ZarrSource("t", a).map_block(plan_blocks((8, 4), 16)[0]) is None

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import platform
+import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -144,9 +145,10 @@ class _IO:
 
     ``WRITES`` writes run at once (on as many threads: each compresses its
     chunks, so two use both cores while the main thread computes); ``write``
-    first waits for the oldest when that many are in flight. The ring holds
-    ``WRITES + 2`` buffers: the block read ahead, the block in hand, and the
-    blocks the writes in flight may still hold.
+    first waits for the oldest when that many are in flight. A read goes to a
+    ring buffer nothing else references (the block in hand, or a write in
+    flight that holds the block itself, keep theirs): two buffers when writes
+    take codes, up to ``WRITES + 2`` when they take the block.
     """
 
     #: writes in flight at once
@@ -159,21 +161,24 @@ class _IO:
         self.pending: deque[Future] = deque()  # writes
         self.finishing: deque[Future] = deque()  # after_writes tasks
         self.ring: list[np.ndarray] = []
-        self.turn = 0
+
+    def _free_buffer(self, need: int) -> np.ndarray:
+        self.ring = [b for b in self.ring if b.size >= need]  # (smaller ones in use live on in their views)
+        for buf in self.ring:
+            if sys.getrefcount(buf) <= 3:  # the ring's, the loop's and the call's: no view of it is alive
+                return buf
+        buf = np.empty(need, np.float32)
+        self.ring.append(buf)
+        return buf
 
     def _reader(self, src: TensorSource, blocks: list[Block]):
         """``read(block)`` for this sweep: into the ring when the source can."""
         if not src.reads_into or not blocks:
             return src.read
         need = max(b.size for b in blocks)
-        size = self.WRITES + 2
-        if not self.ring or self.ring[0].size < need:
-            self.ring = [np.empty(need, np.float32) for _ in range(size)]
 
         def read(b: Block) -> np.ndarray:
-            buf = self.ring[self.turn % size]
-            self.turn += 1
-            return src.read_into(b, buf)
+            return src.read_into(b, self._free_buffer(need))
 
         return read
 

@@ -103,7 +103,7 @@ def unit_minmax(x: np.ndarray, start: int, L: int, g: int) -> tuple[np.ndarray, 
 
 @numba.njit(**PJIT)
 def quantize_units(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes):
-    """Codes of the block, in ``codes`` (int16, same size as ``x``); ``x`` becomes
+    """Codes of the block, in ``codes`` (int8: every scheme's codes fit; same size as ``x``); ``x`` becomes
     the dequantized values ``(q - zp) * scale``.
 
     ``q = clamp(round_half_away(x / scale) + zp, qmin, qmax)``, or with
@@ -139,7 +139,7 @@ def quantize_units(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes)
             if s == 0:
                 q0 = min(max(z, lo_q), hi_q)
                 for m in range(seg - i):
-                    cs[m] = np.int16(q0)
+                    cs[m] = np.int8(q0)
                     xs[m] = np.float32(np.float32(q0 - z) * s)
             else:
                 iv = inv[j]
@@ -152,7 +152,7 @@ def quantize_units(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes)
                     r = -r if tq < 0 else r
                     r = np.float32(0.0) if r != r else r  # NaN (nonfinite='keep'): the seed's 0
                     q = min(max(r + z, lo_q), hi_q)  # (+ z also turns -0.0 into +0.0)
-                    cs[m] = np.int16(q)
+                    cs[m] = np.int8(q)
                     xs[m] = np.float32(np.float32(q - z) * s)
             i = seg
 
@@ -171,7 +171,7 @@ def quantize_int8_sim(x: np.ndarray, scale: np.float32) -> None:
         x[...] = np.where(x < 0, np.float32(-0.0), np.float32(0.0))
         return
     s = np.array([scale], dtype=np.float32)
-    quantize_units(x, 0, n, n, s, s, np.zeros(1, np.int64), -127, 127, False, np.empty(n, np.int16))
+    quantize_units(x, 0, n, n, s, s, np.zeros(1, np.int64), -127, 127, False, np.empty(n, np.int8))
 
 
 @numba.njit(**PJIT)

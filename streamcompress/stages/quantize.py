@@ -265,7 +265,7 @@ class _SchemeRunner(StageRunner):
             self._amax = max(self._amax, float(np.max(np.maximum(mx, -mn if mn is not None else mx))))
         else:
             used, inv, zp = (a[u0:u0 + k] for a in self._glob)
-        codes = np.empty(x.size, dtype=np.int16)
+        codes = np.empty(x.size, dtype=np.int8)  # (written as they are: no int8 copy)
         K.quantize_units(x, block.start, self.L, self.g, used, inv, zp, self.s.qmin, self.s.qmax,
                          self.s.reciprocal, codes)
         if self.real:
@@ -337,7 +337,7 @@ class _QuantEncoding(Encoding):
             else:
                 region = (slice(0, 1),)
         else:
-            data = codes.astype(np.int8).reshape(block.shape)
+            data = codes.reshape(block.shape)
             region = block.region
         out = [("", region, data)]
         if self.r.local:

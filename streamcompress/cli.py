@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -237,8 +238,19 @@ def _warm_kernels() -> None:
         from .kernels import check_threading_layer
 
         check_threading_layer()
+        _freeze_gc()  # (Numba's objects too)
     except Exception:  # noqa: BLE001 - the engine runs the same check and reports
         pass
+
+
+def _freeze_gc() -> None:
+    """Move what the imports made (half a million objects, mostly Numba's) out of the
+    collector's reach: the run itself allocates many short-lived objects (zarr's
+    asyncio machinery), and each full collection walked them all (4-5% of the
+    CPU time of a compress, measured with perf)."""
+    import gc
+
+    gc.freeze()
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
@@ -246,6 +258,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
     threading.Thread(target=_warm_kernels, name="sc-warm", daemon=True).start()
     from .engine import EngineOptions, compress_model
+
+    _freeze_gc()
 
     cfg = _pipeline(args)
     cfg.validate()
@@ -447,5 +461,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def run() -> None:
+    """The console entry point: :func:`main`, then exit without the interpreter's
+    teardown. Everything is written, fsynced and closed by then (the Dask
+    cluster too); the teardown only freed Numba's and LLVM's objects one by one
+    (0.45 s measured, a sixth of a 1 GB compress). ``main`` itself returns, for
+    callers in a process that goes on."""
+    rc = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more to say
+            rc = rc or 1
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -107,3 +107,45 @@ def test_read_buffers_are_reused_only_when_nothing_holds_them(tmp_path, held):
         assert len(io.ring) <= held + 2
     finally:
         io.close()
+
+
+@pytest.mark.parametrize("codec", ["zstd", "none"])
+@pytest.mark.parametrize("dtype,shape,chunks", [("int8", (10, 6), (4, 6)), ("float32", (9, 5, 4), (4, 5, 2)),
+                                                ("float16", (7, 1), (3, 1)), ("uint8", (13,), (5,))])
+def test_sink_writes_the_chunk_files_zarr_writes(tmp_path, codec, dtype, shape, chunks, monkeypatch):
+    """Whole chunks go straight to their files (edge chunks padded): byte for byte
+    what zarr itself writes for the same array, and read back by zarr."""
+    from streamcompress.store import ZarrSink, _ChunkWriter
+
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal(shape) * 40).astype(dtype)
+    direct = []
+    real_write = _ChunkWriter.write
+    monkeypatch.setattr(_ChunkWriter, "write", lambda self, r, d: direct.append(real_write(self, r, d)) or direct[-1])
+    sinks = {}
+    for how in ("direct", "zarr"):
+        sink = sinks[how] = ZarrSink(tmp_path / f"{how}.zarr", codec=codec)
+        sink.create("a", shape, chunks, dtype, {})
+        if how == "zarr":
+            sink.writers["a"] = False  # zarr writes every region
+        grid = [range(0, d, c) for d, c in zip(shape, chunks)]
+        for lo in np.stack(np.meshgrid(*grid, indexing="ij"), -1).reshape(-1, len(shape)):
+            region = tuple(slice(int(a), min(int(a) + c, d)) for a, c, d in zip(lo, chunks, shape))
+            sink.write("a", region, data[region])
+    assert isinstance(sinks["direct"].writers["a"], _ChunkWriter) and direct and all(direct)  # every chunk
+    files = {how: {p.relative_to(tmp_path / f"{how}.zarr" / "a"): p.read_bytes()
+                   for p in (tmp_path / f"{how}.zarr" / "a" / "c").rglob("*") if p.is_file()} for how in sinks}
+    assert files["direct"] == files["zarr"] and len(files["zarr"]) == np.prod([-(-d // c) for d, c in zip(shape, chunks)])
+    back = zarr.open_group(str(tmp_path / "direct.zarr"), mode="r")["a"][...]
+    assert back.dtype == data.dtype and (back.view(np.uint8) == data.view(np.uint8)).all()
+
+
+def test_sink_leaves_other_regions_and_dtypes_to_zarr(tmp_path):
+    from streamcompress.store import ZarrSink
+
+    sink = ZarrSink(tmp_path / "o.zarr")
+    sink.create("a", (8, 4), (4, 4), "float32", {})
+    sink.write("a", (slice(0, 4), slice(0, 4)), np.ones((4, 4), np.float64))  # zarr casts it
+    sink.write("a", (slice(4, 6), slice(0, 4)), np.full((2, 4), 2, np.float32))  # part of a chunk
+    back = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["a"][...]
+    assert (back[:4] == 1).all() and (back[4:6] == 2).all() and (back[6:] == 0).all()

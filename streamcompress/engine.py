@@ -214,11 +214,12 @@ class _IO:
                     pass
 
     def _mapped(self, src: TensorSource, blocks: list[Block], on_read) -> Iterator:
+        read = self._reader(src, blocks)
         for b in blocks:
             check_stop()
             x = src.map_block(b)
-            if x is None:  # e.g. a block across chunks: read it
-                x = src.read(b)
+            if x is None:  # e.g. a block across chunks: read it (into the ring)
+                x = read(b)
             on_read(b)
             yield b, x
             del x  # unmapped before the next is mapped

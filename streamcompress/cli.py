@@ -243,14 +243,19 @@ def _warm_kernels() -> None:
         pass
 
 
+#: set by :func:`run`: this process is the CLI's own (process-wide tweaks allowed)
+_CONSOLE = {"own_process": False}
+
+
 def _freeze_gc() -> None:
     """Move what the imports made (half a million objects, mostly Numba's) out of the
     collector's reach: the run itself allocates many short-lived objects (zarr's
     asyncio machinery), and each full collection walked them all (4-5% of the
-    CPU time of a compress, measured with perf)."""
-    import gc
+    CPU time of a compress, measured with perf). Only in the CLI's own process."""
+    if _CONSOLE["own_process"]:
+        import gc
 
-    gc.freeze()
+        gc.freeze()
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
@@ -420,8 +425,8 @@ def _on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
 def _skip_blas_probe() -> None:
     """Numba's CPU target, when it first loads, probes for BLAS by importing
     ``scipy.linalg`` if scipy is installed (0.18 s measured, a tenth of a small
-    compress). No kernel here uses BLAS, so in this process (the CLI's own)
-    the probe finds none. Library users' processes are left alone."""
+    compress). No kernel here uses BLAS, so in the CLI's own process (see
+    :func:`run`) the probe finds none; callers of ``main`` keep theirs."""
     if "numba.np.arraymath" not in sys.modules:
         sys.modules.setdefault("scipy.linalg.cython_blas", None)  # type: ignore[arg-type]
 
@@ -438,7 +443,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .engine import clear_stop
 
     clear_stop()
-    _skip_blas_probe()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
@@ -466,7 +470,9 @@ def run() -> None:
     teardown. Everything is written, fsynced and closed by then (the Dask
     cluster too); the teardown only freed Numba's and LLVM's objects one by one
     (0.45 s measured, a sixth of a 1 GB compress). ``main`` itself returns, for
-    callers in a process that goes on."""
+    callers in a process that goes on, and leaves their process as it was."""
+    _CONSOLE["own_process"] = True
+    _skip_blas_probe()
     rc = main()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

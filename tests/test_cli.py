@@ -207,3 +207,15 @@ def test_global_and_nm_flags(tmp_path, store, capsys):
     with pytest.raises(SystemExit) as ex:  # usage error
         main(["compress", str(src), str(tmp_path / "bad"), "--prune-nm", "2-4"])
     assert ex.value.code == 2
+
+
+def test_main_in_process_leaves_the_process_as_it_was(tmp_path, store):
+    """The CLI's process-wide tweaks (frozen GC, no BLAS probe) are for its own
+    process (the console entry point); a caller of main() keeps its process."""
+    import gc
+
+    src, _ = store
+    before = gc.get_freeze_count()
+    assert main(["compress", str(src), str(tmp_path / "o"), "--prune", "0.5", "-q"]) == 0
+    assert gc.get_freeze_count() == before
+    assert sys.modules.get("scipy.linalg.cython_blas", "absent") is not None

@@ -615,7 +615,9 @@ class _DirectChunks:
         """Flat elements ``start .. start + n - 1`` as a private (copy-on-write) map
         of their chunk file: no copy, so a sweep that only reads costs no read
         (measured 1.5 ms less per 8 MiB block than :meth:`read`). None when the
-        range spans chunks or the file is missing or of the wrong size."""
+        range spans chunks or the file is missing or of the wrong size. (A file
+        cut short while mapped would fault the process: an input must not
+        change during a run, as the resume fingerprints also assume.)"""
         ci, off = divmod(start, self.chunk_elems)
         if n <= 0 or off + n > self.chunk_elems:
             return None

@@ -5,9 +5,13 @@ For each model size (generated Llama-shaped Zarr checkpoints, reused when
 present) and pipeline, runs interleaved repetitions of
 
 - ``floor``: the I/O floor: read every input chunk once and write the same
-  output arrays (shapes, dtypes, chunks, codec) with no compute; int8 codes
-  are filled with the float32 input's high byte (sign and exponent: few
-  distinct values, like real codes), float32 outputs with the input;
+  output arrays (shapes, dtypes, chunks, codec) with no compute, through
+  zarr, on one thread; int8 codes are filled with the float32 input's high
+  byte (sign and exponent: few distinct values, like real codes), float32
+  outputs with the input;
+- ``floor-direct``: the same through streamcompress's own I/O path (raw
+  chunks read with ``preadv``, whole output chunks written to their files
+  without zarr's per-call work), one thread: the floor that path could reach;
 - ``sc``: ``streamcompress compress`` (the CLI, as users run it);
 - ``numpy``: a naive in-memory numpy implementation of the same pipeline
   (whole tensor loaded, threshold by ``np.partition``, quantized with numpy);
@@ -93,6 +97,37 @@ def floor_run(src: str, out: str, pipeline: str) -> None:
                 outs[suf][...] = np.ones(shp, dtype=dt)
 
 
+def floor_direct_run(src: str, out: str, pipeline: str) -> None:
+    """The floor through streamcompress's own I/O path: raw input chunks read with
+    ``preadv`` into one reused buffer, whole output chunks zstd-compressed and
+    written straight to their files (the same bytes zarr writes). No compute."""
+    import zarr
+
+    from streamcompress.layout import plan_blocks
+    from streamcompress.store import ZarrSink, ZarrSource
+
+    g = zarr.open_group(src, mode="r")
+    sink = ZarrSink(out, overwrite=True)
+    buf = np.empty(0, np.float32)
+    for name in g.attrs["tensor_order"]:
+        a = g[name]
+        s = ZarrSource(name, a)
+        layout = _out_layout(name, a, pipeline)
+        for suf, shp, dt in layout:
+            sink.create(name + suf, shp, a.chunks if shp == a.shape else shp, dt, {})
+        for b in plan_blocks(tuple(a.shape), math.prod(a.chunks), tuple(a.chunks)) if a.ndim else []:
+            if buf.size < b.size:
+                buf = np.empty(b.size, np.float32)
+            x = s.read_into(b, buf) if s.reads_into else s.read(b)
+            for suf, _shp, dt in layout:
+                if suf == "":
+                    data = x if dt == "float32" else x.view(np.int8)[3::4]
+                    sink.write(name, b.region, data.reshape(b.shape))
+        for suf, shp, dt in layout:
+            if suf:
+                sink.write(name + suf, tuple(slice(0, d) for d in shp), np.ones(shp, dtype=dt))
+
+
 def numpy_run(src: str, out: str, pipeline: str) -> None:
     """The naive way: whole tensors in memory, numpy ops."""
     import zarr
@@ -174,10 +209,14 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default="bench_data")
     p.add_argument("--json", default="bench_results.json")
     p.add_argument("--floor-run", nargs=3, metavar=("SRC", "OUT", "PIPELINE"), help=argparse.SUPPRESS)
+    p.add_argument("--floor-direct-run", nargs=3, metavar=("SRC", "OUT", "PIPELINE"), help=argparse.SUPPRESS)
     p.add_argument("--numpy-run", nargs=3, metavar=("SRC", "OUT", "PIPELINE"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.floor_run:
         floor_run(*a.floor_run)
+        return 0
+    if a.floor_direct_run:
+        floor_direct_run(*a.floor_direct_run)
         return 0
     if a.numpy_run:
         numpy_run(*a.numpy_run)
@@ -185,7 +224,7 @@ def main(argv=None) -> int:
 
     data = Path(a.data_dir)
     data.mkdir(exist_ok=True)
-    kinds = ["floor", "sc"] + ([] if a.no_numpy else ["numpy"])
+    kinds = ["floor", "floor-direct", "sc"] + ([] if a.no_numpy else ["numpy"])
     results = {"when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores, {platform.machine()}",
                "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]), "runs": []}
     for size in a.sizes:
@@ -198,7 +237,7 @@ def main(argv=None) -> int:
                 for kind in kinds:
                     r = run_one(kind, src, data / "bench_out.zarr", pipeline, a.memory_budget)
                     samples.setdefault((pipeline, kind), []).append(r)
-                    print(f"  rep {rep + 1} {size} {pipeline:<24} {kind:<6} {r['seconds']:7.2f} s "
+                    print(f"  rep {rep + 1} {size} {pipeline:<24} {kind:<12} {r['seconds']:7.2f} s "
                           f"{r['peak_rss'] / 2**20:7.0f} MiB", flush=True)
         for pipeline in a.pipelines:
             row = {"size": size, "dtype": a.dtype, "input_bytes": in_bytes, "pipeline": pipeline}
@@ -211,14 +250,16 @@ def main(argv=None) -> int:
 
     print()
     print(f"{'size':<6} {'pipeline':<24} {'sc GB/s':>8} {'floor GB/s':>10} {'sc/floor':>8} "
-          f"{'vs numpy':>8} {'sc RSS':>8} {'np RSS':>8} {'RSS ratio':>9}")
+          f"{'direct GB/s':>11} {'sc/direct':>9} {'vs numpy':>8} {'sc RSS':>8} {'np RSS':>8} {'RSS ratio':>9}")
     for row in results["runs"]:
         gbs = row["input_bytes"] / row["sc"]["median_seconds"] / 1e9
         fgbs = row["input_bytes"] / row["floor"]["median_seconds"] / 1e9
-        row["sc_gb_per_s"], row["floor_gb_per_s"] = gbs, fgbs
+        dgbs = row["input_bytes"] / row["floor-direct"]["median_seconds"] / 1e9
+        row["sc_gb_per_s"], row["floor_gb_per_s"], row["floor_direct_gb_per_s"] = gbs, fgbs, dgbs
         row["sc_fraction_of_floor"] = row["floor"]["median_seconds"] / row["sc"]["median_seconds"]
+        row["sc_fraction_of_direct_floor"] = row["floor-direct"]["median_seconds"] / row["sc"]["median_seconds"]
         line = (f"{row['size']:<6} {row['pipeline']:<24} {gbs:8.2f} {fgbs:10.2f} "
-                f"{row['sc_fraction_of_floor']:8.2f}")
+                f"{row['sc_fraction_of_floor']:8.2f} {dgbs:11.2f} {row['sc_fraction_of_direct_floor']:9.2f}")
         if "numpy" in row:
             row["speedup_vs_numpy"] = row["numpy"]["median_seconds"] / row["sc"]["median_seconds"]
             row["rss_ratio_numpy_over_sc"] = row["numpy"]["median_peak_rss"] / row["sc"]["median_peak_rss"]

@@ -147,7 +147,7 @@ def _on_worker(job: _Job) -> Iterator[tuple[Run, _IO]]:
 
 
 def _sweep(io: _IO, run: Run, i: int, blocks: list):
-    return lambda readonly=False: io.blocks(run.sources[i], blocks, lambda b: None, readonly)  # progress: the client's
+    return io.sweep(run.sources[i], blocks, lambda b: None)  # progress is the client's
 
 
 @_task

@@ -182,11 +182,15 @@ class _IO:
 
         return read
 
+    def sweep(self, src: TensorSource, blocks: list[Block], on_read):
+        """A pipeline's ``sweep(readonly=False)`` over ``blocks`` of ``src``."""
+        return lambda readonly=False: self.blocks(src, blocks, on_read, readonly)
+
     def blocks(self, src: TensorSource, blocks: list[Block], on_read, readonly: bool = False) -> Iterator:
         """``(block, flat float32)`` of each block in turn. ``readonly``: the caller
         only reads the values (a statistic sweep), so blocks the source can map
         from the page cache come mapped (no copy, no read-ahead needed)."""
-        if readonly and blocks and src.map_block(blocks[0]) is not None:
+        if readonly and src.maps:
             yield from self._mapped(src, blocks, on_read)
             return
         read = self._reader(src, blocks)
@@ -491,14 +495,11 @@ def start_tensor(run: Run, i: int, pipe: TensorPipeline | None, sink, io: _IO,
     progress.describe(src.meta.name)
     written = create_outputs(run, i, pipe, sink)
 
-    def sweep(readonly: bool = False):
-        return io.blocks(src, blocks, progress.on_read(src), readonly)
-
     if pipe is None:
         nz = _copy_skipped(src, blocks, io, progress, sink, src.meta.name)
         stats, infos = skipped_stats(stages, src.meta, nz), [{} for _ in stages]
     else:
-        stats, infos = pipe.run(sweep, block_writer(sink, io, src.meta.name))
+        stats, infos = pipe.run(io.sweep(src, blocks, progress.on_read(src)), block_writer(sink, io, src.meta.name))
         progress.update(pipe.skipped_sweeps * stored_nbytes(src))
     return stats, io.after_writes(finish_tensor, run, i, pipe, sink, written, stats, infos)
 
@@ -539,8 +540,7 @@ class LocalExecutor:
         for src, pipe, blocks in zip(run.sources, run.pipelines, run.plans):
             if pipe is not None:
                 progress.describe(f"{run.config.stages[gi].name} pass {p + 1}: {src.meta.name}")
-                pipe.global_pass(gi, p, lambda readonly=False, src=src, blocks=blocks: io.blocks(
-                    src, blocks, progress.on_read(src), readonly))
+                pipe.global_pass(gi, p, io.sweep(src, blocks, progress.on_read(src)))
 
     def tensors(self, run: Run, resumed: dict[int, dict[str, Any]], sink, progress: _Progress):
         io = self._io(run)

@@ -118,6 +118,9 @@ class TensorSource:
         faults of a fresh allocation per block."""
         raise NotImplementedError
 
+    #: blocks can come mapped (:meth:`map_block`; a block across chunks cannot)
+    maps: bool = False
+
     def map_block(self, block: Block) -> np.ndarray | None:
         """The block's flat float32 values mapped from the page cache without a copy
         (private: writes stay in this process), or None when it cannot be."""
@@ -208,9 +211,12 @@ class ZarrSource(TensorSource):
             self.read_raw(block, flat.reshape(block.shape))
         return flat
 
+    @property
+    def maps(self) -> bool:
+        return self.reads_into and self._direct_chunks() is not None
+
     def map_block(self, block: Block) -> np.ndarray | None:
-        d = self._direct_chunks() if self.reads_into else None
-        return d.map(block.start, block.size) if d else None
+        return self._direct.map(block.start, block.size) if self.maps else None
 
     def stored_bytes(self) -> int:
         return int(self.array.nbytes_stored())

@@ -533,7 +533,7 @@ class ZarrSink:
         try:
             w = self.writers.get(name)
             if w is None:
-                w = self.writers[name] = _ChunkWriter.of(self._array(name), self.path / name) or False
+                w = self.writers[name] = _ChunkWriter.of(self._array(name)) or False
             if not (w and w.write(region, data)):
                 self._array(name)[region if data.ndim else ()] = data
         except OSError as e:
@@ -569,6 +569,26 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+def _raw_chunk_codecs(array: Any) -> tuple[Path, list] | None:
+    """``(array directory, codecs after bytes)`` when the array's chunk files can be
+    handled directly: Zarr v3 in a local directory, no shards, little-endian
+    ``bytes`` first (as this machine's). None otherwise."""
+    try:
+        meta = array.metadata
+        root = _local_root(array)
+        codecs = list(getattr(meta, "codecs", ()))
+        if (root is None or getattr(meta, "zarr_format", None) != 3 or array.ndim == 0
+                or getattr(array, "shards", None) or not codecs
+                or type(codecs[0]).__name__ != "BytesCodec" or not np.little_endian
+                or getattr(getattr(codecs[0], "endian", None), "value", "little") != "little"
+                or np.dtype(array.dtype).byteorder not in ("=", "<", "|")):
+            return None
+        meta.encode_chunk_key((0,) * array.ndim)
+    except Exception:  # noqa: BLE001 - any surprise: zarr does the I/O
+        return None
+    return (root / array.path if array.path else root), codecs[1:]
+
+
 class _DirectChunks:
     """Reads of an uncompressed local Zarr v3 array straight from its chunk files.
 
@@ -581,29 +601,18 @@ class _DirectChunks:
     wrong size) returns False and zarr reads the block (and reports errors).
     """
 
-    def __init__(self, root: Path, array: Any) -> None:
+    def __init__(self, directory: Path, array: Any) -> None:
         self.array = array
-        self.dir = root / array.path if array.path else root
+        self.dir = directory
         self.chunk_elems = math.prod(array.chunks)
         self.itemsize = np.dtype(array.dtype).itemsize
 
     @classmethod
     def of(cls, array: Any) -> _DirectChunks | None:
-        try:
-            meta = array.metadata
-            root = _local_root(array)
-            codecs = getattr(meta, "codecs", ())
-            if (root is None or getattr(meta, "zarr_format", None) != 3 or array.ndim == 0
-                    or getattr(array, "shards", None) or len(codecs) != 1
-                    or type(codecs[0]).__name__ != "BytesCodec"
-                    or getattr(getattr(codecs[0], "endian", None), "value", None) != "little"
-                    or np.dtype(array.dtype).byteorder not in ("=", "<", "|") or not np.little_endian
-                    or tuple(array.chunks[1:]) != tuple(array.shape[1:])):
-                return None
-            meta.encode_chunk_key((0,) * array.ndim)
-        except Exception:  # noqa: BLE001 - any surprise: zarr reads
-            return None
-        return cls(root, array)
+        raw = _raw_chunk_codecs(array)
+        if raw is None or raw[1] or tuple(array.chunks[1:]) != tuple(array.shape[1:]):
+            return None  # compressed, or chunks that split rows
+        return cls(raw[0], array)
 
     def _open(self, ci: int) -> int | None:
         """fd of chunk ``ci``'s file if it exists with the full chunk's size (closed by the caller)."""
@@ -684,27 +693,19 @@ class _ChunkWriter:
         self.made: set[Path] = set()
 
     @classmethod
-    def of(cls, array: Any, directory: Path) -> _ChunkWriter | None:
-        try:
-            meta = array.metadata
-            codecs = list(getattr(meta, "codecs", ()))
-            if (getattr(meta, "zarr_format", None) != 3 or array.ndim == 0 or getattr(array, "shards", None)
-                    or not codecs or type(codecs[0]).__name__ != "BytesCodec" or not np.little_endian
-                    or getattr(getattr(codecs[0], "endian", None), "value", "little") != "little"
-                    or np.dtype(array.dtype).byteorder not in ("=", "<", "|")):
-                return None
-            rest = codecs[1:]
-            if not rest:
-                encode = None
-            elif (len(rest) == 1 and type(rest[0]).__name__ == "ZstdCodec"
-                    and getattr(rest[0], "checksum", True) is False):
-                from numcodecs import Zstd
+    def of(cls, array: Any) -> _ChunkWriter | None:
+        raw = _raw_chunk_codecs(array)
+        if raw is None:
+            return None
+        directory, rest = raw
+        if not rest:
+            encode = None
+        elif (len(rest) == 1 and type(rest[0]).__name__ == "ZstdCodec"
+                and getattr(rest[0], "checksum", True) is False):
+            from numcodecs import Zstd
 
-                encode = Zstd(level=int(rest[0].level), checksum=False).encode
-            else:
-                return None
-            meta.encode_chunk_key((0,) * array.ndim)
-        except Exception:  # noqa: BLE001 - any surprise: zarr writes
+            encode = Zstd(level=int(rest[0].level), checksum=False).encode
+        else:
             return None
         return cls(array, directory, encode)
 

@@ -180,8 +180,7 @@ class KthSelector:
     side, 512 KiB each); when the chosen bin is among them, pass 2 is not
     needed (``n_passes`` drops to 1 after ``end_pass(0)``). The result is the
     same either way: that window row *is* pass 2's histogram. When the first
-    block holds all ``n`` keys, its own bin is exact and pass 2's histogram is
-    taken from the block at once.
+    block holds all ``n`` keys, its bin is exact and the window is that bin alone.
 
     After the last pass: ``threshold`` holds the key bits, ``below`` the count
     of keys strictly smaller and ``ties`` the count equal to it.
@@ -196,7 +195,6 @@ class KthSelector:
         self.n_passes = 2
         self._hist: np.ndarray | None = None  # allocated on first use
         self._win = None  # a WindowHistogram while pass 0 keeps one
-        self._known: tuple[int, np.ndarray] | None = None  # (high bin, its low histogram) of one-block data
         self._high = -1
         self._below_high = 0
         self.threshold: int | None = None
@@ -207,17 +205,14 @@ class KthSelector:
         """Add ``keys`` to the pass's histogram. In the first pass, returns how many
         keys are inf or NaN bits (high bins from 0x7f80): free from the histogram."""
         if pass_index == 0:
-            if self.n and keys.size == self.n and self._hist is None and self._win is None:
-                # the whole data in one block: its bin is known now, and its low bits are at hand
-                h = K.hist16(keys)
-                high = K.locate_kth(h, self.k)[0]
-                self._add(h)
-                self._known = (high, K.hist16(keys, high))
-                return int(h[NONFINITE_BIN:].sum())
             if self.n and self._win is None and keys.size:  # the first block: guess the bin
-                guess = min(max(1, -(-self.k * keys.size // self.n)), keys.size)
-                win_lo = max(0, K.locate_kth(K.hist16(keys), guess)[0] - self.WINDOW)
-                self._win = K.WindowHistogram(win_lo, 2 * self.WINDOW + 1)
+                h = K.hist16(keys)
+                if keys.size == self.n:  # all the data: the bin is exact, a window of it alone suffices
+                    self._win = K.WindowHistogram(K.locate_kth(h, self.k)[0], 1)
+                else:
+                    guess = min(max(1, -(-self.k * keys.size // self.n)), keys.size)
+                    win_lo = max(0, K.locate_kth(h, guess)[0] - self.WINDOW)
+                    self._win = K.WindowHistogram(win_lo, 2 * self.WINDOW + 1)
             if self._win is not None:
                 return self._win.add(keys)
             h = K.hist16(keys)
@@ -241,7 +236,6 @@ class KthSelector:
         if self._win is not None:  # a window is this copy's own: keep only its high counts
             self._add(self._win.high())
             self._win = None
-        self._known = None
         h, self._hist = self._hist, None
         return h
 
@@ -268,12 +262,8 @@ class KthSelector:
                 self._hist += wh.high()
             self._high, self._below_high = K.locate_kth(self._hist, self.k)
             self._hist = None  # the next pass starts from zero
-            known, self._known = self._known, None
-            if wh is not None and 0 <= self._high - wh.win_lo < wh.nwin:
+            if wh is not None and 0 <= self._high - wh.win_lo < wh.nwin:  # pass 2's histogram is known
                 self._hist = wh.window()[self._high - wh.win_lo]
-            elif known is not None and known[0] == self._high:
-                self._hist = known[1]
-            if self._hist is not None:  # pass 2's histogram is known: no second pass
                 self.n_passes = 1
                 self.end_pass(1)
         else:

@@ -27,17 +27,16 @@ def _hist16(u, low, high_match, nthreads):
     per = (n + nslots - 1) // nslots
     slots = np.zeros((nslots, 65536), dtype=np.int64)
     for s in prange(nslots):
-        lo = s * per
-        hi = min(n, lo + per)
+        us = u[s * per:min(n, (s + 1) * per)]  # 0-based slices: see quant.quantize_units
         h = slots[s]
         if low:
-            for i in range(lo, hi):
-                key = u[i] & np.uint32(0x7FFFFFFF)
+            for i in range(us.size):
+                key = us[i] & np.uint32(0x7FFFFFFF)
                 if (key >> np.uint32(16)) == high_match:
                     h[key & np.uint32(0xFFFF)] += 1
         else:
-            for i in range(lo, hi):
-                key = u[i] & np.uint32(0x7FFFFFFF)
+            for i in range(us.size):
+                key = us[i] & np.uint32(0x7FFFFFFF)
                 h[key >> np.uint32(16)] += 1
     out = np.zeros(65536, dtype=np.int64)
     for s in range(nslots):

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .engine import _IO, EngineOptions, _Progress, _to_dtype, check_stop
-from .errors import ConfigError, OutputExists
+from .errors import ConfigError
 from .layout import Block, output_chunks, plan_blocks
 from .safetensors_io import (
     AUX_DIR,
@@ -28,12 +28,15 @@ from .safetensors_io import (
     st_dtype_of,
     write_safetensors,
 )
+from .safety import EXPORT_MARKER, RUN_ATTR, aside, check_apart, claim_output, put_in_place
 from .store import (
     TENSOR_ORDER_ATTR,
     QuantizedSource,
     TensorSource,
     ZarrSink,
+    _fsync,
     open_input,
+    read_region,
     stored_nbytes,
 )
 
@@ -66,10 +69,22 @@ def import_checkpoint(
     checkpoint go to ``STORE/__aux__/``.
     """
     options = options or EngineOptions()
+    check_apart([src], store)
     sources, info = scan_checkpoint(src)  # validates everything first
-    if Path(store).exists() and not overwrite:
-        raise OutputExists(str(store))
-    sink = ZarrSink(store, overwrite=overwrite, codec=options.codec)
+    with claim_output(store, [src], command="import", overwrite=overwrite) as out:
+        tmp = aside(out)
+        try:
+            names = _import_into(sources, info, src, tmp, options)
+            put_in_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return names
+
+
+def _import_into(sources: list[TensorSource], info: dict[str, Any], src: str | os.PathLike, path: Path,
+                 options: EngineOptions) -> list[str]:
+    sink = ZarrSink(path, codec=options.codec, run_record={"command": "import", "status": "running"})
     io = _IO(options.prefetch)
     progress = _Progress(options.progress, sum(stored_nbytes(s) for s in sources))
     try:
@@ -81,12 +96,14 @@ def import_checkpoint(
             for b, raw in _stream_raw(s, blocks, io, progress):
                 io.write(sink.write, s.meta.name, b.region, raw.reshape(b.shape))
             io.flush()
+            sink.make_durable([s.meta.name])
     finally:
         progress.close()
         io.close()
     names = [s.meta.name for s in sources]
-    copied = copy_aux(src, Path(store) / AUX_DIR)
-    sink.finish({TENSOR_ORDER_ATTR: names, "import": {**info, "aux_files": copied}})
+    copied = copy_aux(src, path / AUX_DIR)
+    sink.finish({TENSOR_ORDER_ATTR: names, RUN_ATTR: {"command": "import", "status": "complete"},
+                 "import": {**info, "aux_files": copied}})
     return names
 
 
@@ -105,16 +122,17 @@ def _block_bytes(src: TensorSource, dtype: str | None, options: EngineOptions, i
     return stream
 
 
-def _array_bytes(arr: Any, options: EngineOptions):
+def _array_bytes(arr: Any, tensor: str, options: EngineOptions):
     """Streamer of a stored Zarr array's raw bytes (codes, scales)."""
 
     def stream() -> Iterator[bytes]:
         shape = tuple(arr.shape)
         if not shape:
-            yield np.ascontiguousarray(arr[()]).tobytes()
+            yield np.ascontiguousarray(read_region(arr, (), tensor, "", options.missing_chunks)).tobytes()
             return
         for b in plan_blocks(shape, options.max_block_elems, tuple(arr.chunks)):
-            yield np.ascontiguousarray(arr[b.region]).tobytes()
+            data = read_region(arr, b.region, tensor, f"block {b.index}", options.missing_chunks)
+            yield np.ascontiguousarray(data).tobytes()
 
     return stream
 
@@ -161,10 +179,14 @@ def export_checkpoint(
         raise ConfigError(f"export dtype must be keep, float32, float16 or bfloat16, got '{dtype}'")
     if max_shard_size < 1:
         raise ConfigError("max_shard_size must be positive")
-    dest = Path(dest)
-    if dest.exists() and not overwrite:
-        raise OutputExists(str(dest))
-    group, sources = open_input(store)
+    check_apart([store], dest)
+    group, sources = open_input(store, options.missing_chunks)
+    with claim_output(dest, [store], command="export", overwrite=overwrite) as out:
+        return _export_into(group, sources, store, out, fmt, dtype, max_shard_size, options)
+
+
+def _export_into(group: Any, sources: list[TensorSource], store: str | os.PathLike, dest: Path, fmt: str,
+                 dtype: str, max_shard_size: int, options: EngineOptions) -> list[Path]:
     io = _IO(options.prefetch)
     progress = _Progress(options.progress, sum(stored_nbytes(s) for s in sources))
     out: list[OutTensor] = []
@@ -179,12 +201,12 @@ def export_checkpoint(
                                   f"is {q['scheme']} (export it dense, or quantize with int8)")
             if not name.endswith(".weight"):
                 raise ConfigError(f"compressed-tensors names quantized weights '<module>.weight'; got '{name}'")
-            out.append(OutTensor(name, "I8", tuple(s.codes.shape), _array_bytes(s.codes, options)))
+            out.append(OutTensor(name, "I8", tuple(s.codes.shape), _array_bytes(s.codes, name, options)))
             sdt = "F16" if q["scale_dtype"] == "float16" else "F32"
-            out.append(OutTensor(name + "_scale", sdt, tuple(s.scale.shape), _array_bytes(s.scale, options)))
+            out.append(OutTensor(name + "_scale", sdt, tuple(s.scale.shape), _array_bytes(s.scale, name, options)))
             if s.zero_point is not None:
                 out.append(OutTensor(name + "_zero_point", "I8", tuple(s.zero_point.shape),
-                                     _array_bytes(s.zero_point, options)))
+                                     _array_bytes(s.zero_point, name, options)))
             key = json.dumps(_ct_scheme(q), sort_keys=True)
             groups.setdefault(key, {"targets": [], "weights": _ct_scheme(q)})
             groups[key]["targets"].append("re:^" + re.escape(name[: -len(".weight")]) + "$")
@@ -208,9 +230,8 @@ def export_checkpoint(
     imported = group.attrs.get("import", {}) if hasattr(group, "attrs") else {}
     st_meta = imported.get("safetensors_metadata") if n == 1 else {"format": "pt"}
 
-    tmp = dest.with_name(dest.name + f".partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = aside(dest)
+    tmp.mkdir()
     try:
         paths = []
         for fname, shard in zip(names, shards):
@@ -234,9 +255,10 @@ def export_checkpoint(
                 "ignore": ignore,
             }
             cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"command": "export", "format": fmt, "source": str(store)}) + "\n")
+        for f in tmp.iterdir():
+            _fsync(f)
+        put_in_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

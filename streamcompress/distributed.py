@@ -93,7 +93,7 @@ def _worker_run(job: _Job) -> Run:
     k = (job.input, job.output, job.key)
     run = _RUNS.get(k)
     if run is None:
-        sources = load_sources(job.input)
+        sources = load_sources(job.input, job.options.missing_chunks)
         if len(sources) != len(job.skip):
             raise ConfigError(f"the input '{job.input}' seen by this worker differs from the client's")
         run = _prepare(sources, job.config, list(job.skip), job.options, list(job.input_fps))
@@ -223,12 +223,12 @@ class DaskExecutor:
         self.job: _Job | None = None
 
     # -- engine protocol ---------------------------------------------------------------
-    def check(self, run: Run, tensors: Any, sink: Any) -> None:
+    def check(self, run: Run, tensors: Any, output: Any) -> None:
         if not isinstance(tensors, (str, os.PathLike)):
             raise ConfigError("a Dask run reads its input by path: pass a store or checkpoint path")
-        if not isinstance(sink, ZarrSink):
+        if output is None:
             raise ConfigError("a Dask run writes a Zarr store: pass an output path")
-        self.job = _Job(os.path.abspath(tensors), os.path.abspath(sink.path), run.config, run.options,
+        self.job = _Job(os.path.abspath(tensors), os.path.abspath(output), run.config, run.options,
                         tuple(run.skip), tuple(run.input_fps), run.pipeline_fp + run.input_fp)
         for i, pipe in enumerate(run.pipelines):
             ranges = self._split(run, i)
@@ -312,6 +312,8 @@ class DaskExecutor:
 
     # -- helpers -------------------------------------------------------------------------
     _own_client = False
+    #: how long to wait for a scheduler (before the output is made)
+    CONNECT_TIMEOUT = "10s"
 
     def _connect(self) -> None:
         if self.client is not None:
@@ -322,9 +324,10 @@ class DaskExecutor:
         logging.getLogger("distributed").setLevel(min(logging.WARNING, log.getEffectiveLevel()))
         if self.scheduler is not None:
             try:
-                self.client = Client(self.scheduler, timeout="30s")
+                self.client = Client(self.scheduler, timeout=self.CONNECT_TIMEOUT)
             except OSError as e:
-                raise ConfigError(f"cannot reach the Dask scheduler at {self.scheduler}: {e}") from None
+                raise ConfigError(f"cannot reach the Dask scheduler at {self.scheduler} within "
+                                  f"{self.CONNECT_TIMEOUT}: {e} (nothing was written)") from None
         else:
             n = int(self.workers)
             threads = max(1, (os.cpu_count() or 1) // n)

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,12 +28,14 @@ from .errors import ConfigError, EmptyModel, InvalidStore, ResumeMismatch
 from .layout import Block, TensorMeta, output_chunks, plan_blocks
 from .pipeline import NONFINITE_POLICIES, TensorPipeline, skipped_stats
 from .result import CompressionResult, WeightTensor
+from .safety import RUN_ATTR, aside, bad_member_name, check_apart, claim_output, put_in_place
 from .safetensors_io import AUX_DIR, copy_aux, is_safetensors_input, scan_checkpoint
 from .stats import StageStats
 from .store import (
     CODECS,
     LOGICAL_DTYPE_ATTR,
     MASK_GROUP,
+    MISSING_CHUNKS,
     TENSOR_ORDER_ATTR,
     MemorySink,
     TensorSource,
@@ -88,6 +91,9 @@ class EngineOptions:
     progress : show a tqdm bar (bytes read, with ETA)
     prefetch : read ahead / write behind on background threads
     block_elems : override the block size in elements (tests)
+    missing_chunks : a Zarr chunk with no stored object: ``"error"`` (default)
+        or ``"fill"`` (read as the fill value, as zarr does: for stores written
+        with ``write_empty_chunks=False``)
     """
 
     memory_budget: int = 256 << 20
@@ -97,6 +103,7 @@ class EngineOptions:
     progress: bool = False
     prefetch: bool = True
     block_elems: int | None = None
+    missing_chunks: str = "error"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "memory_budget", parse_size(self.memory_budget))
@@ -105,6 +112,9 @@ class EngineOptions:
         if self.nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"unknown nonfinite policy '{self.nonfinite}' "
                               f"(choose from {', '.join(NONFINITE_POLICIES)})")
+        if self.missing_chunks not in MISSING_CHUNKS:
+            raise ConfigError(f"unknown missing-chunks policy '{self.missing_chunks}' "
+                              f"(choose from {', '.join(MISSING_CHUNKS)})")
         if self.codec not in CODECS:
             raise ConfigError(f"unknown codec '{self.codec}' (choose from {', '.join(CODECS)})")
 
@@ -302,17 +312,17 @@ class _Progress:
             self.bar.close()
 
 
-def load_sources(tensors: Any) -> list[TensorSource]:
+def load_sources(tensors: Any, missing: str = "error") -> list[TensorSource]:
     """Sources from a Zarr store path, an open zarr Group, in-memory arrays, or
-    already-made sources (passed through)."""
+    already-made sources (passed through). ``missing``: see ``EngineOptions.missing_chunks``."""
     if isinstance(tensors, list) and tensors and all(isinstance(t, TensorSource) for t in tensors):
         return tensors
     if isinstance(tensors, (str, os.PathLike)):
         if is_safetensors_input(tensors):
             return scan_checkpoint(tensors)[0]  # import on the fly
-        return open_input(tensors)[1]
+        return open_input(tensors, missing)[1]
     if hasattr(tensors, "members") and hasattr(tensors, "attrs"):
-        return group_sources(tensors)
+        return group_sources(tensors, missing)
     return sources_from_arrays(tensors)
 
 
@@ -351,6 +361,9 @@ def _plan(src: TensorSource, stages, skipped: bool, options: EngineOptions) -> l
 def _check_names(sources, pipelines) -> None:
     seen: dict[str, str] = {}
     for src, pipe in zip(sources, pipelines):
+        why = bad_member_name(src.meta.name)
+        if why:
+            raise InvalidStore(f"tensor name {src.meta.name!r} cannot name an array in a store: {why}")
         full = tuple(max(1, d) for d in src.meta.shape)
         suffixes = [sp.suffix for sp in pipe.encoding.specs(full)] if pipe is not None else [""]
         for suf in suffixes:
@@ -370,7 +383,7 @@ def _pipeline_fingerprint(config: CompressionConfig, options: EngineOptions) -> 
 
 def _check_resume(sink: ZarrSink, pipeline_fp: str, input_fp: str) -> None:
     rec = sink.run_record()
-    if not rec:
+    if not rec or rec.get("command", "compress") != "compress":
         raise ResumeMismatch(f"cannot resume: '{sink.path}' is not a streamcompress output "
                              "(use --overwrite to replace it)")
     if rec.get("pipeline_fingerprint") != pipeline_fp:
@@ -532,8 +545,8 @@ class LocalExecutor:
             self.io = _IO(run.options.prefetch)
         return self.io
 
-    def check(self, run: Run, tensors: Any, sink) -> None:
-        """Refuse what this executor cannot run (nothing, here)."""
+    def check(self, run: Run, tensors: Any, output: str | os.PathLike | None) -> None:
+        """Refuse what this executor cannot run (nothing, here); called before the output is made."""
 
     def global_pass(self, run: Run, gi: int, p: int, progress: _Progress) -> None:
         io = self._io(run)
@@ -606,10 +619,10 @@ def compress_model(
     [0.0, 0.0, 3.0, 4.0]
     """
     options = options or EngineOptions()
-    if isinstance(tensors, (str, os.PathLike)) and output is not None:
-        if Path(output).resolve() == Path(tensors).resolve():
-            raise InvalidStore("output must differ from the input store")
-    sources = load_sources(tensors)
+    in_paths = [tensors] if isinstance(tensors, (str, os.PathLike)) else []
+    if output is not None:
+        check_apart(in_paths, output)  # before anything is read or made
+    sources = load_sources(tensors, options.missing_chunks)
     if not sources:
         raise EmptyModel()
     metas = [s.meta for s in sources]
@@ -621,17 +634,26 @@ def compress_model(
     K.check_threading_layer()
     run = _prepare(sources, config, skip, options)
     executor = executor or LocalExecutor()
-    resuming = False
+    executor.check(run, tensors, output)  # (a cluster is reached here, before the output is made)
     if output is None:
-        sink: MemorySink | ZarrSink = MemorySink()
-    else:
-        record = {"pipeline_fingerprint": run.pipeline_fp, "input_fingerprint": run.input_fp, "status": "running"}
-        sink = ZarrSink(output, overwrite=overwrite, codec=options.codec, resume=resume, run_record=record)
-        resuming = sink.resumed
-        if resuming:
-            _check_resume(sink, run.pipeline_fp, run.input_fp)
-            sink.set_run_record(record)
-    executor.check(run, tensors, sink)
+        return _compress(run, tensors, MemorySink(), executor, False)
+    try:
+        with claim_output(output, in_paths, command="compress", overwrite=overwrite, resume=resume):
+            record = {"command": "compress", "pipeline_fingerprint": run.pipeline_fp,
+                      "input_fingerprint": run.input_fp, "status": "running"}
+            sink = ZarrSink(output, overwrite=overwrite, codec=options.codec, resume=resume, run_record=record)
+            if sink.resumed:
+                _check_resume(sink, run.pipeline_fp, run.input_fp)
+                sink.set_run_record(record)
+            return _compress(run, tensors, sink, executor, sink.resumed, output)
+    finally:
+        executor.close()
+
+
+def _compress(run: Run, tensors: Any, sink: MemorySink | ZarrSink, executor: Any, resuming: bool,
+              output: str | os.PathLike | None = None) -> CompressionResult:
+    """The body of :func:`compress_model` once the output is claimed and made."""
+    sources, config, options = run.sources, run.config, run.options
     progress = _Progress(options.progress, run.total_bytes)
     done: dict[int, tuple[list[StageStats], dict[str, Any]]] = {}
     try:
@@ -666,18 +688,18 @@ def compress_model(
     result = CompressionResult(
         stage_stats=totals,
         tensor_names=names,
-        total_params=sum(m.size for m in metas),
+        total_params=sum(s.meta.size for s in sources),
         total_nonzero=totals[-1].nonzero_params_after,
         tensor_stats=tensor_stats,
     )
+    final_attrs: dict[str, Any] = {}
     if isinstance(sink, ZarrSink):
         result.stored_bytes = sum(t["stored_bytes"] for t in tensor_stats.values())
         if isinstance(tensors, (str, os.PathLike)):
             copy_aux(tensors, Path(output) / AUX_DIR)  # config.json, tokenizer files, ...
-    final_attrs: dict[str, Any] = {}
-    if isinstance(sink, ZarrSink):  # one write: the results and the run's completion together
-        final_attrs["streamcompress_run"] = {"pipeline_fingerprint": pipeline_fp, "input_fingerprint": input_fp,
-                                             "status": "complete"}
+        # one write: the results and the run's completion together
+        final_attrs[RUN_ATTR] = {"command": "compress", "pipeline_fingerprint": pipeline_fp,
+                                 "input_fingerprint": input_fp, "status": "complete"}
     sink.finish({
         **final_attrs,
         TENSOR_ORDER_ATTR: names,
@@ -762,10 +784,22 @@ def restore(
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ConfigError(f"restore dtype must be float32, float16 or bfloat16, got '{dtype}'")
     options = options or EngineOptions()
-    if Path(output).resolve() == Path(input).resolve():
-        raise InvalidStore("output must differ from the input store")
-    sources = open_input(input)[1]
-    sink = ZarrSink(output, overwrite=overwrite, codec=options.codec)
+    check_apart([input], output)
+    sources = open_input(input, options.missing_chunks)[1]
+    with claim_output(output, [input], command="restore", overwrite=overwrite) as out:
+        tmp = aside(out)
+        try:
+            names = _restore_into(sources, tmp, dtype, options, str(input))
+            put_in_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return names
+
+
+def _restore_into(sources: list[TensorSource], path: Path, dtype: str, options: EngineOptions,
+                  origin: str) -> list[str]:
+    sink = ZarrSink(path, codec=options.codec, run_record={"command": "restore", "status": "running"})
     io = _IO(options.prefetch)
     progress = _Progress(options.progress, sum(stored_nbytes(s) for s in sources))
     stored = "uint16" if dtype == "bfloat16" else dtype
@@ -776,18 +810,19 @@ def restore(
             if not src.is_float:  # integer / bool tensors: copied unchanged
                 sink.create(src.meta.name, src.meta.shape, chunks, src.raw_dtype, dict(src.attrs))
                 _copy_skipped(src, blocks, io, progress, sink, src.meta.name)
-                io.flush()
-                continue
-            attrs = {LOGICAL_DTYPE_ATTR: "bfloat16"} if dtype == "bfloat16" else {}
-            sink.create(src.meta.name, src.meta.shape, chunks, stored, attrs)
-            for b, x in io.blocks(src, blocks, progress.on_read(src)):
-                io.write(sink.write, src.meta.name, b.region, _to_dtype(x, dtype).reshape(b.shape))
+            else:
+                attrs = {LOGICAL_DTYPE_ATTR: "bfloat16"} if dtype == "bfloat16" else {}
+                sink.create(src.meta.name, src.meta.shape, chunks, stored, attrs)
+                for b, x in io.blocks(src, blocks, progress.on_read(src)):
+                    io.write(sink.write, src.meta.name, b.region, _to_dtype(x, dtype).reshape(b.shape))
             io.flush()
+            sink.make_durable([src.meta.name])
     finally:
         progress.close()
         io.close()
     names = [s.meta.name for s in sources]
-    sink.finish({TENSOR_ORDER_ATTR: names, "streamcompress": {"restored_from": str(input), "dtype": dtype}})
+    sink.finish({TENSOR_ORDER_ATTR: names, RUN_ATTR: {"command": "restore", "status": "complete"},
+                 "streamcompress": {"restored_from": origin, "dtype": dtype}})
     return names
 
 
@@ -803,8 +838,8 @@ def verify(
     plus the total under the key ``""``.
     """
     options = options or EngineOptions()
-    ref = {s.meta.name: s for s in load_sources(reference)}
-    cand = {s.meta.name: s for s in load_sources(candidate)}
+    ref = {s.meta.name: s for s in load_sources(reference, options.missing_chunks)}
+    cand = {s.meta.name: s for s in load_sources(candidate, options.missing_chunks)}
     if sorted(ref) != sorted(cand):
         missing = sorted(set(ref) ^ set(cand))
         raise InvalidStore(f"the stores hold different tensors: {', '.join(missing[:5])}")

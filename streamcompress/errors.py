@@ -28,6 +28,9 @@ __all__ = [
     "StoreNotFound",
     "InvalidStore",
     "OutputExists",
+    "UnsafePath",
+    "OutputBusy",
+    "MissingChunk",
     "OutputError",
     "ResumeMismatch",
 ]
@@ -145,9 +148,34 @@ class InvalidStore(StreamCompressError, ValueError):
 
 
 class OutputExists(StreamCompressError, FileExistsError):
-    def __init__(self, path: str) -> None:
+    """The output exists: without ``overwrite``, or (``ours=False``) it is not an output of ours."""
+
+    def __init__(self, path: str, ours: bool = True) -> None:
         self.path = path
-        super().__init__(f"output '{path}' already exists (pass --overwrite to replace it)")
+        if ours:
+            msg = f"output '{path}' already exists (pass --overwrite to replace it)"
+        else:
+            msg = (f"output '{path}' exists and was not written by streamcompress: refusing to replace it "
+                   "(--overwrite replaces only our own outputs; move or delete it yourself)")
+        super().__init__(msg)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class UnsafePath(StreamCompressError, ValueError):
+    """An output path that would overwrite, contain or change an input (or cannot be made)."""
+
+
+class OutputBusy(StreamCompressError, BlockingIOError):
+    """Another run holds the output's lock."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class MissingChunk(InvalidStore):
+    """A chunk that should hold data is not there (never read as the fill value by default)."""
 
 
 class OutputError(StreamCompressError, OSError):

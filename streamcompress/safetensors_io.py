@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import InvalidStore, StoreNotFound
 from .layout import Block, TensorMeta
+from .safety import bad_member_name
 from .store import LOGICAL_DTYPE_ATTR, ArraySource, TensorSource
 
 __all__ = [
@@ -69,9 +70,9 @@ def st_dtype_of(logical: str) -> str:
 
 
 def check_name(name: str, where: str) -> None:
-    if not name or "/" in name or "\\" in name or "\x00" in name or ".." in name or name.startswith("__"):
+    if (not isinstance(name, str) or "/" in name or ".." in name or bad_member_name(name)):
         raise CorruptCheckpoint(f"{where}: tensor name {name!r} is not allowed (no '/', '\\\\', '..', NUL, "
-                                "or leading '__')")
+                                "leading '__', '.' or 'zarr.json')")
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ float32 (bf16 bits << 16) for the kernels.
 
 from __future__ import annotations
 
+import itertools
 import math
 import mmap
 import os
-import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -19,8 +19,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .errors import InvalidStore, OutputError, OutputExists, StoreNotFound
+from .errors import InvalidStore, MissingChunk, OutputError, OutputExists, StoreNotFound
 from .layout import Block, TensorMeta
+from .safety import RUN_ATTR, aside, remove_output
 
 __all__ = [
     "TensorSource",
@@ -49,6 +50,61 @@ LOGICAL_DTYPE_ATTR = "logical_dtype"
 TENSOR_ORDER_ATTR = "tensor_order"
 
 _FLOAT_KINDS = {"float32", "float64", "float16", "bfloat16"}
+
+#: what a chunk with no stored object means when read: an error (default: our
+#: outputs write every chunk, so a missing one is damage), or the fill value
+#: (zarr's own reading, for stores written with ``write_empty_chunks=False``)
+MISSING_CHUNKS = ("error", "fill")
+
+
+def _chunk_coords(array: Any, region: Any) -> Iterable[tuple[int, ...]]:
+    """Grid coordinates of the stored objects (chunks, or shards) ``region`` touches."""
+    if not array.ndim:
+        return [()]
+    grid = tuple(int(c) for c in (getattr(array, "shards", None) or array.chunks))
+    if region is Ellipsis:
+        region = tuple(slice(None) for _ in grid)
+    ranges = []
+    for sl, c, d in zip(region, grid, array.shape):
+        lo = sl.start or 0
+        hi = d if sl.stop is None else min(sl.stop, d)
+        if hi <= lo:
+            return []
+        ranges.append(range(lo // c, (hi - 1) // c + 1))
+    return itertools.product(*ranges)
+
+
+def _has_object(array: Any, key: str) -> bool:
+    root = _local_root(array)
+    if root is not None:
+        return (root / array.path / key).is_file() if array.path else (root / key).is_file()
+    from zarr.core.sync import sync
+
+    return bool(sync(array.store_path.store.exists(f"{array.path}/{key}" if array.path else key)))
+
+
+def read_region(array: Any, region: Any, tensor: str, where: str, missing: str = "error",
+                out: Any = None) -> np.ndarray:
+    """``array[region]`` (into zarr's ``out`` buffer if given), with a one-line
+    :class:`InvalidStore` naming the tensor and ``where`` for unreadable chunk
+    data, and :class:`MissingChunk` for a chunk with no stored object unless
+    ``missing == "fill"``."""
+    if missing != "fill":
+        for coords in _chunk_coords(array, region):
+            key = array.metadata.encode_chunk_key(coords)
+            if not _has_object(array, key):
+                raise MissingChunk(
+                    f"tensor '{tensor}' {where}: chunk '{key}' of array '{array.path}' is missing (lost or "
+                    "never written); if the store was written with zarr's write_empty_chunks=False, "
+                    "pass --missing-chunks fill to read missing chunks as the fill value")
+    try:
+        if out is not None:
+            array.get_basic_selection(region, out=out)
+            return out
+        return np.asarray(array[region])
+    except Exception as e:  # noqa: BLE001 - any codec/IO failure means unreadable chunk data
+        raise InvalidStore(f"tensor '{tensor}' {where}: cannot read its chunk data (array '{array.path}'): "
+                           f"{type(e).__name__}: {e}") from None
 
 
 def _widen(raw: np.ndarray, logical: str, owned: bool = False) -> np.ndarray:
@@ -159,8 +215,9 @@ class ZarrSource(TensorSource):
 
     owns_reads = True  # zarr decodes every selection into a new array
 
-    def __init__(self, name: str, array: Any) -> None:
+    def __init__(self, name: str, array: Any, missing: str = "error") -> None:
         self.array = array
+        self.missing = missing
         self.attrs = dict(array.attrs)
         logical = self.attrs.get(LOGICAL_DTYPE_ATTR)
         dt = np.dtype(array.dtype)
@@ -183,21 +240,16 @@ class ZarrSource(TensorSource):
         return self.meta.ndim > 0 and self.raw_dtype == np.float32 and self.logical_dtype == "float32"
 
     def read_raw(self, block: Block, out: np.ndarray | None = None) -> np.ndarray:
-        try:
-            if self.meta.ndim == 0:
-                return np.asarray(self.array[()])
-            if out is not None:
-                from zarr.core.buffer import default_buffer_prototype
+        where = f"block {block.index} (flat elements {block.start}..{block.start + block.size - 1})"
+        if self.meta.ndim == 0:
+            return read_region(self.array, (), self.meta.name, where, self.missing)
+        nd = None
+        if out is not None:
+            from zarr.core.buffer import default_buffer_prototype
 
-                nd = default_buffer_prototype().nd_buffer.from_numpy_array(out)
-                self.array.get_basic_selection(block.region, out=nd)
-                return out
-            return np.asarray(self.array[block.region])
-        except Exception as e:  # noqa: BLE001 - any codec/IO failure means unreadable chunk data
-            raise InvalidStore(
-                f"tensor '{self.meta.name}' block {block.index} (flat elements {block.start}.."
-                f"{block.start + block.size - 1}): cannot read its chunk data: {type(e).__name__}: {e}"
-            ) from None
+            nd = default_buffer_prototype().nd_buffer.from_numpy_array(out)
+        res = read_region(self.array, block.region, self.meta.name, where, self.missing, nd)
+        return out if out is not None else res
 
     def _direct_chunks(self) -> _DirectChunks | None:
         if self._direct is None:
@@ -240,8 +292,9 @@ class QuantizedSource(TensorSource):
     The array attribute ``quantization`` (FORMAT.md) says how to dequantize.
     """
 
-    def __init__(self, name: str, codes: Any, scale: Any, zero_point: Any | None) -> None:
+    def __init__(self, name: str, codes: Any, scale: Any, zero_point: Any | None, missing: str = "error") -> None:
         self.codes, self.scale, self.zero_point = codes, scale, zero_point
+        self.missing = missing
         self.attrs = dict(codes.attrs)
         q = self.attrs["quantization"]
         self.q = q
@@ -280,13 +333,16 @@ class QuantizedSource(TensorSource):
         parts = [self.codes, self.scale] + ([self.zero_point] if self.zero_point is not None else [])
         return sum(int(a.nbytes_stored()) for a in parts)
 
+    def _get(self, array: Any, region: Any, block: Block) -> np.ndarray:
+        return read_region(array, region, self.meta.name, f"block {block.index}", self.missing)
+
     def _scales(self, block: Block) -> tuple[np.ndarray, np.ndarray]:
         """Scales and zero points of the units the block touches, in unit order."""
         if self.gran != "group":
             if self._small is None:
-                s = np.asarray(self.scale[...], dtype=np.float32).reshape(-1)
-                z = (np.asarray(self.zero_point[...]).reshape(-1).astype(np.int64) if self.zero_point is not None
-                     else np.zeros(s.size, np.int64))
+                s = np.asarray(self._get(self.scale, ..., block), dtype=np.float32).reshape(-1)
+                z = (self._get(self.zero_point, ..., block).reshape(-1).astype(np.int64)
+                     if self.zero_point is not None else np.zeros(s.size, np.int64))
                 self._small = (s, z)
             from .kernels import unit_range
 
@@ -295,9 +351,9 @@ class QuantizedSource(TensorSource):
         last = block.region[-1]
         lo, hi = last.start or 0, last.stop
         region = tuple(block.region[:-1]) + (slice(lo // self.g, -(-hi // self.g)),)
-        s = np.asarray(self.scale[region], dtype=np.float32).reshape(-1)
-        z = (np.asarray(self.zero_point[region]).reshape(-1).astype(np.int64) if self.zero_point is not None
-             else np.zeros(s.size, np.int64))
+        s = np.asarray(self._get(self.scale, region, block), dtype=np.float32).reshape(-1)
+        z = (self._get(self.zero_point, region, block).reshape(-1).astype(np.int64)
+             if self.zero_point is not None else np.zeros(s.size, np.int64))
         return s, z
 
     def read_raw(self, block: Block) -> np.ndarray:
@@ -312,13 +368,13 @@ class QuantizedSource(TensorSource):
                 last = block.region[-1]
                 lo, hi = last.start or 0, last.stop
                 region = tuple(block.region[:-1]) + (slice(lo // 2, -(-hi // 2)),)
-                packed = np.asarray(self.codes[region])
+                packed = self._get(self.codes, region, block)
                 nib = unpack_nibbles(packed, hi - lo)
             else:
-                nib = unpack_nibbles(np.asarray(self.codes[0:1]), 1)
+                nib = unpack_nibbles(self._get(self.codes, (slice(0, 1),), block), 1)
             codes = nib.astype(np.int16) - (8 if self.q["symmetric"] else 0)
         else:
-            codes = np.asarray(self.codes[block.region] if shape else self.codes[()]).astype(np.int16)
+            codes = self._get(self.codes, block.region if shape else (), block).astype(np.int16)
         codes = np.ascontiguousarray(codes).reshape(-1)
         s, z = self._scales(block)
         out = np.empty(codes.size, dtype=np.float32)
@@ -352,8 +408,12 @@ def _open_group(path: str | os.PathLike, mode: str, attributes: dict[str, Any] |
     return zarr.open_group(str(path), mode=mode)
 
 
-def open_input(path: str | os.PathLike) -> tuple[Any, list[ZarrSource]]:
-    """Open a Zarr v3 group read-only and list its tensors in model order."""
+def open_input(path: str | os.PathLike, missing: str = "error",
+               unfinished_ok: bool = False) -> tuple[Any, list[TensorSource]]:
+    """Open a Zarr v3 group read-only and list its tensors in model order.
+
+    An output of ours whose run record does not say ``complete`` (a run that
+    was stopped or is still going) is refused unless ``unfinished_ok``."""
     from zarr.errors import NodeNotFoundError
 
     p = Path(path)
@@ -369,17 +429,27 @@ def open_input(path: str | os.PathLike) -> tuple[Any, list[ZarrSource]]:
         raise InvalidStore(f"'{path}' is not a readable Zarr v3 group: {e}") from None
     if getattr(group.metadata, "zarr_format", 3) != 3:
         raise InvalidStore(f"'{path}' is a Zarr v{group.metadata.zarr_format} group; v3 is needed")
-    return group, group_sources(group)
+    rec = group.attrs.get(RUN_ATTR)
+    if isinstance(rec, dict) and rec.get("status") != "complete" and not unfinished_ok:
+        cmd = rec.get("command", "compress")
+        hint = "finish it with compress --resume" if cmd == "compress" else f"run {cmd} again"
+        raise InvalidStore(f"'{path}' is an unfinished streamcompress output ({cmd} {rec.get('status')}, "
+                           f"not complete): {hint}")
+    return group, group_sources(group, missing)
 
 
-def group_sources(group: Any) -> list[TensorSource]:
+def group_sources(group: Any, missing: str = "error") -> list[TensorSource]:
     """The tensors of an open Zarr group in model order (quantized tensors as
     :class:`QuantizedSource`, their companion arrays hidden)."""
     arrays = {}
     with warnings.catch_warnings():
         # __aux__ (config.json, tokenizer files kept with the store) is not Zarr
         warnings.filterwarnings("ignore", message=r"Object at __aux__ is not recognized")
-        members = list(group.members(max_depth=None))
+        try:
+            members = list(group.members(max_depth=None))
+        except Exception as e:  # noqa: BLE001 - a member's zarr.json that zarr cannot parse
+            raise InvalidStore(f"'{_describe_group(group)}' holds unreadable metadata (a zarr.json that is "
+                               f"not valid Zarr v3): {type(e).__name__}: {e}") from None
     for name, node in members:
         if hasattr(node, "shape") and not name.startswith("__"):
             arrays[name] = node
@@ -402,11 +472,12 @@ def group_sources(group: Any) -> list[TensorSource]:
         if isinstance(q, dict):
             try:
                 zp = arrays[n + q["zero_point"]] if q.get("zero_point") else None
-                sources.append(QuantizedSource(n, tensors[n], arrays[n + q["scale"]], zp))
-            except KeyError as e:
-                raise InvalidStore(f"quantized tensor '{n}' misses its array {e}") from None
+                sources.append(QuantizedSource(n, tensors[n], arrays[n + q["scale"]], zp, missing))
+            except (KeyError, TypeError, ValueError) as e:
+                raise InvalidStore(f"quantized tensor '{n}' has a bad 'quantization' attribute or misses an "
+                                   f"array: {type(e).__name__}: {e}") from None
         else:
-            sources.append(ZarrSource(n, tensors[n]))
+            sources.append(ZarrSource(n, tensors[n], missing))
     return sources
 
 
@@ -462,12 +533,10 @@ class ZarrSink:
         try:
             # The run record is written with the group itself, made aside and renamed into
             # place: a killed run leaves either no output or a group with its record.
-            if p.exists():
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-            tmp = p.with_name(f".{p.name}.creating-{os.getpid()}")
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            _open_group(tmp, "w", {"streamcompress_run": run_record} if run_record else None)
+            if p.exists() or p.is_symlink():
+                remove_output(p)  # (refuses what is not ours)
+            tmp = aside(p, "creating")
+            _open_group(tmp, "w", {RUN_ATTR: run_record} if run_record else None)
             os.rename(tmp, p)
             self.group = _open_group(p, "r+")
         except OSError as e:
@@ -489,11 +558,11 @@ class ZarrSink:
         self.group.require_group(name)
 
     def run_record(self) -> dict[str, Any]:
-        rec = self.group.attrs.get("streamcompress_run")
+        rec = self.group.attrs.get(RUN_ATTR)
         return rec if isinstance(rec, dict) else {}
 
     def set_run_record(self, record: dict[str, Any]) -> None:
-        self.group.attrs.update({"streamcompress_run": record})
+        self.group.attrs.update({RUN_ATTR: record})
 
     def completed(self, name: str) -> dict[str, Any] | None:
         """The recorded info of ``name`` if it was marked complete, else None."""
@@ -511,11 +580,11 @@ class ZarrSink:
                 _fsync(f)
 
     def _compressors(self):
-        if self.codec == "none":
-            return None
-        from zarr.codecs import ZstdCodec
+        """zstd level 1 (unless ``none``), then a crc32c checksum of every chunk, so
+        any damaged chunk fails to read instead of decoding to wrong values."""
+        from zarr.codecs import Crc32cCodec, ZstdCodec
 
-        return ZstdCodec(level=1)
+        return ([] if self.codec == "none" else [ZstdCodec(level=1)]) + [Crc32cCodec()]
 
     def create(self, name: str, shape, chunks, dtype, attrs: dict[str, Any]) -> None:
         self.arrays[name] = self.group.create_array(
@@ -550,7 +619,10 @@ class ZarrSink:
         return int(self._array(name).nbytes_stored())
 
     def finish(self, attrs: dict[str, Any]) -> None:
+        """The group's last attributes (with the run's completion), made durable."""
         self.group.attrs.update(attrs)
+        for f in (self.path / "zarr.json", self.path):
+            _fsync(f)
 
 
 def _fsync(path: Path) -> None:
@@ -673,19 +745,20 @@ class _ChunkWriter:
     """Writes whole chunks of an array this package created straight to their files.
 
     For the arrays a :class:`ZarrSink` makes (Zarr v3, little-endian ``bytes``
-    then optionally ``zstd`` without checksum, no shards) a chunk file is the
-    zstd frame of the chunk's C-order bytes, edge chunks padded with the fill
-    value to the full chunk shape: what zarr writes, byte for byte (tested),
+    then optionally ``zstd`` without checksum, then ``crc32c``, no shards) a chunk file is the
+    zstd frame of the chunk's C-order bytes (edge chunks padded with the fill
+    value to the full chunk shape), then its crc32c: what zarr writes, byte for byte (tested),
     without its per-call Python and event-loop work (measured 7% less CPU and
     time end to end, with two writes in flight). Written to a temporary name
     and renamed into place, as zarr does. Anything else (a region that is not
     one chunk, another dtype, other codecs) returns False: zarr writes it.
     """
 
-    def __init__(self, array: Any, directory: Path, encode) -> None:
+    def __init__(self, array: Any, directory: Path, encode, crc: bool = False) -> None:
         self.array = array
         self.dir = directory
         self.encode = encode
+        self.crc = crc
         self.chunks = tuple(int(c) for c in array.chunks)
         self.shape = tuple(int(d) for d in array.shape)
         self.dtype = np.dtype(array.dtype)
@@ -698,16 +771,19 @@ class _ChunkWriter:
         if raw is None:
             return None
         directory, rest = raw
+        names = [type(c).__name__ for c in rest]
+        crc = names[-1:] == ["Crc32cCodec"]
+        if crc:
+            rest, names = rest[:-1], names[:-1]
         if not rest:
             encode = None
-        elif (len(rest) == 1 and type(rest[0]).__name__ == "ZstdCodec"
-                and getattr(rest[0], "checksum", True) is False):
+        elif names == ["ZstdCodec"] and getattr(rest[0], "checksum", True) is False:
             from numcodecs import Zstd
 
             encode = Zstd(level=int(rest[0].level), checksum=False).encode
         else:
             return None
-        return cls(array, directory, encode)
+        return cls(array, directory, encode, crc)
 
     def write(self, region: tuple, data: np.ndarray) -> bool:
         """Write ``data`` at ``region`` if that is exactly one chunk; False otherwise."""
@@ -726,6 +802,11 @@ class _ChunkWriter:
             data = full
         raw = np.ascontiguousarray(data)
         blob = self.encode(raw) if self.encode is not None else memoryview(raw).cast("B")
+        tail = b""
+        if self.crc:  # zarr's crc32c codec: the checksum of the bytes before it, little-endian
+            import google_crc32c
+
+            tail = int(google_crc32c.value(blob if self.encode is not None else raw)).to_bytes(4, "little")
         path = self.dir / self.array.metadata.encode_chunk_key(tuple(coords))
         if path.parent not in self.made:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -734,11 +815,17 @@ class _ChunkWriter:
         try:
             with open(tmp, "wb") as f:
                 f.write(blob)
+                f.write(tail)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return True
+
+
+def _describe_group(group: Any) -> str:
+    root = _local_root(group)
+    return str(root / group.path if group.path else root) if root is not None else str(group)
 
 
 def _local_root(array: Any) -> Path | None:

@@ -74,6 +74,13 @@ def test_estimate_and_info(tmp_path, store, capsys):
     assert "3 tensors, 258 parameters" in capsys.readouterr().out  # 16*8 + 12*10 + 10
 
 
+def _plain_dir(t):
+    d = t / "plain"
+    d.mkdir(exist_ok=True)
+    (d / "notes.txt").write_text("not a store")
+    return d
+
+
 def _existing(tmp_path):
     (tmp_path / "exists").mkdir()
     return tmp_path / "exists"
@@ -95,7 +102,7 @@ def _nan_store(tmp_path):
     "args, needle",
     [
         (lambda t, s: ["compress", str(t / "missing.zarr"), str(t / "o"), "--quantize", "int8"], "no store"),
-        (lambda t, s: ["compress", str(t), str(t / "o"), "--quantize", "int8"], "not a Zarr v3 group"),
+        (lambda t, s: ["compress", str(_plain_dir(t)), str(t / "o"), "--quantize", "int8"], "not a Zarr v3 group"),
         (lambda t, s: ["compress", str(s), str(s), "--quantize", "int8"], "output must differ from the input"),
         (lambda t, s: ["compress", str(s), str(_existing(t)), "--quantize", "int8"], "already exists"),
         (lambda t, s: ["compress", str(s), str(t / "o"), "--prune", "1.0"], "sparsity 1 must be in [0.0, 1.0)"),

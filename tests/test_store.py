@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import zarr
 
-from streamcompress.errors import InvalidStore
+from streamcompress.errors import InvalidStore, MissingChunk
 from streamcompress.layout import plan_blocks
 from streamcompress.store import ZarrSource, _DirectChunks
 
@@ -36,13 +36,17 @@ def test_direct_reads_equal_the_array(tmp_path, shape, chunks, max_elems, monkey
     assert isinstance(src._direct, _DirectChunks)
 
 
-def test_missing_chunk_reads_the_fill_value_through_zarr(tmp_path):
+def test_a_missing_chunk_is_an_error_unless_fill_is_asked(tmp_path):
     data = np.arange(40, dtype=np.float32).reshape(10, 4)
     a = make(tmp_path / "s.zarr", data, (4, 4))
-    (tmp_path / "s.zarr" / "t" / "c" / "1" / "0").unlink()  # rows 4..7 now read as fill_value
+    (tmp_path / "s.zarr" / "t" / "c" / "1" / "0").unlink()
+    with pytest.raises(MissingChunk, match=r"tensor 't' block 2 .*chunk 'c/1/0' .* is missing"):
+        read_all(ZarrSource("t", a), 8)
+    with pytest.raises(MissingChunk):  # also through mapped sweeps and zarr's own read
+        ZarrSource("t", a).read_raw(plan_blocks(data.shape, 8)[2])
     expect = data.copy()
-    expect[4:8] = 7.0
-    assert (read_all(ZarrSource("t", a), 8) == expect.reshape(-1)).all()
+    expect[4:8] = 7.0  # zarr's reading: the fill value
+    assert (read_all(ZarrSource("t", a, missing="fill"), 8) == expect.reshape(-1)).all()
 
 
 def test_a_chunk_file_of_the_wrong_size_is_left_to_zarr(tmp_path):

@@ -42,7 +42,8 @@ def write_store(path, tensors, chunks=None, bf16=(), f16=(), compressors="auto")
         elif name in f16:
             data = arr.astype(np.float16)
         a = g.create_array(name, shape=arr.shape, chunks=tuple(max(1, x) for x in c) if c else (),
-                           dtype=data.dtype, attributes=attrs, fill_value=0, compressors=compressors)
+                           dtype=data.dtype, attributes=attrs, fill_value=0, compressors=compressors,
+                           config={"write_empty_chunks": True})  # every chunk stored: a missing one is damage
         a[...] = data
     g.attrs["tensor_order"] = [n for n, _ in tensors]
     return path

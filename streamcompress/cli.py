@@ -86,6 +86,12 @@ def _add_stage_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", metavar="FILE", help="JSON or TOML pipeline (instead of stage flags)")
 
 
+def _add_missing_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--missing-chunks", choices=["error", "fill"], default="error",
+                   help="a Zarr chunk with no stored object: error (default; every chunk we write is stored), "
+                        "or read it as the fill value (stores written with zarr's write_empty_chunks=False)")
+
+
 def _nm(text: str) -> tuple[int, int]:
     try:
         n, m = (int(v) for v in text.split(":"))
@@ -165,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NaN/inf in a processed tensor: error (default), read as 0, or keep (the seed's "
                         "behaviour: NaN quantizes to 0, inf makes the tensor NaN)")
     c.add_argument("--codec", choices=["zstd", "none"], default="zstd", help="output codec (default zstd)")
+    _add_missing_flag(c)
     c.add_argument("--save-masks", action="store_true", help="also write prune masks (__masks__/NAME)")
     c.add_argument("--report", metavar="FILE", help="write the JSON report to FILE")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -199,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "quantization_config in config.json")
     ex.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest shard (default 5GB)")
     ex.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    _add_missing_flag(ex)
     ex.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     r = sub.add_parser("restore", help="write dense float tensors back from a compressed store")
@@ -207,12 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     r.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     r.add_argument("--memory-budget", default="256MiB", metavar="SIZE")
+    _add_missing_flag(r)
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     v = sub.add_parser("verify", help="error statistics of a compressed store against its input")
     v.add_argument("input", metavar="IN", help="the original store")
     v.add_argument("output", metavar="OUT", help="the compressed (or restored) store")
     v.add_argument("--memory-budget", default="256MiB", metavar="SIZE")
+    _add_missing_flag(v)
     v.add_argument("--json", action="store_true", help="print JSON")
 
     i = sub.add_parser("info", help="list the tensors of a store")
@@ -270,7 +280,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     cfg.validate()
     progress = not args.quiet and sys.stderr.isatty()
     opts = EngineOptions(memory_budget=args.memory_budget, nonfinite=args.nonfinite, save_masks=args.save_masks,
-                         codec=args.codec, progress=progress)
+                         codec=args.codec, progress=progress, missing_chunks=args.missing_chunks)
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     executor = None
@@ -284,8 +294,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     print("Error statistics (each stage against its input):")
     print(result.error_summary())
     if result.stored_bytes is not None:
-        print(f"Stored: {result.stored_bytes} bytes on disk ({_fmt_bytes(result.stored_bytes)}), "
-              f"{result.bits_per_weight():.3f} bits per weight")
+        bpw = result.bits_per_weight()
+        per = f"{bpw:.3f} bits per weight" if bpw is not None else "no parameters"
+        print(f"Stored: {result.stored_bytes} bytes on disk ({_fmt_bytes(result.stored_bytes)}), {per}")
     if args.report:
         Path(args.report).write_text(json.dumps(
             {"input": args.input, "output": args.output, "pipeline": cfg.to_dict(), **result.to_dict()},
@@ -324,7 +335,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         sources, facts = scan_checkpoint(args.store)
         group = None
     else:
-        group, sources = open_input(args.store)
+        group, sources = open_input(args.store, unfinished_ok=True)
     rows = []
     for s in sources:
         try:
@@ -335,8 +346,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
                      "chunks": list(s.chunks or ()), "params": s.meta.size, "stored_bytes": stored,
                      "complete": bool(s.attrs.get("streamcompress", {}).get("complete", False))})
     meta = group.attrs.get("streamcompress") if group is not None else None
+    run = group.attrs.get("streamcompress_run") if group is not None else None
     if args.json:
-        print(json.dumps({"tensors": rows, "streamcompress": meta}, indent=2))
+        print(json.dumps({"tensors": rows, "streamcompress": meta, "run": run}, indent=2))
         return 0
     width = max([len(r["name"]) for r in rows] + [4])
     print(f"{'name':<{width}}  {'shape':<18} {'dtype':<16} {'chunks':<16} {'stored':>11}")
@@ -346,6 +358,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     total = sum(r["params"] for r in rows)
     stored = sum(max(r["stored_bytes"], 0) for r in rows)
     print(f"{len(rows)} tensors, {total} parameters, {_fmt_bytes(stored)} stored")
+    if isinstance(run, dict) and run.get("status") != "complete":
+        print(f"unfinished: a {run.get('command', 'compress')} run into this store did not complete "
+              f"(status {run.get('status')}); other commands refuse it")
     if meta and "result" in meta:
         res = meta["result"]
         print(f"compressed by streamcompress: sparsity={res['overall_sparsity']:.4f} "
@@ -367,7 +382,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .convert import export_checkpoint
     from .engine import EngineOptions, parse_size
 
-    opts = EngineOptions(progress=not args.quiet and sys.stderr.isatty())
+    opts = EngineOptions(progress=not args.quiet and sys.stderr.isatty(), missing_chunks=args.missing_chunks)
     paths = export_checkpoint(args.input, args.output, dtype=args.dtype, fmt=args.fmt,
                               max_shard_size=parse_size(args.max_shard_size), overwrite=args.overwrite,
                               options=opts)
@@ -378,7 +393,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     from .engine import EngineOptions, restore
 
-    opts = EngineOptions(memory_budget=args.memory_budget, progress=not args.quiet and sys.stderr.isatty())
+    opts = EngineOptions(memory_budget=args.memory_budget, progress=not args.quiet and sys.stderr.isatty(),
+                         missing_chunks=args.missing_chunks)
     names = restore(args.input, args.output, dtype=args.dtype, overwrite=args.overwrite, options=opts)
     print(f"restored {len(names)} tensors to {args.output} as {args.dtype}")
     return 0
@@ -387,7 +403,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .engine import EngineOptions, verify
 
-    res = verify(args.input, args.output, EngineOptions(memory_budget=args.memory_budget))
+    res = verify(args.input, args.output, EngineOptions(memory_budget=args.memory_budget,
+                                                        missing_chunks=args.missing_chunks))
 
     def row(s):
         sq = s.sqnr_db()

@@ -638,14 +638,14 @@ def compress_model(
     if output is None:
         return _compress(run, tensors, MemorySink(), executor, False)
     try:
-        with claim_output(output, in_paths, command="compress", overwrite=overwrite, resume=resume):
+        with claim_output(output, in_paths, command="compress", overwrite=overwrite, resume=resume) as out:
             record = {"command": "compress", "pipeline_fingerprint": run.pipeline_fp,
                       "input_fingerprint": run.input_fp, "status": "running"}
-            sink = ZarrSink(output, overwrite=overwrite, codec=options.codec, resume=resume, run_record=record)
+            sink = ZarrSink(out, overwrite=overwrite, codec=options.codec, resume=resume, run_record=record)
             if sink.resumed:
                 _check_resume(sink, run.pipeline_fp, run.input_fp)
                 sink.set_run_record(record)
-            return _compress(run, tensors, sink, executor, sink.resumed, output)
+            return _compress(run, tensors, sink, executor, sink.resumed, out)
     finally:
         executor.close()
 

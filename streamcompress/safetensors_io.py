@@ -24,7 +24,7 @@ import numpy as np
 from .errors import InvalidStore, StoreNotFound
 from .layout import Block, TensorMeta
 from .safety import bad_member_name
-from .store import LOGICAL_DTYPE_ATTR, ArraySource, TensorSource
+from .store import AUX_DIR_NAME, LOGICAL_DTYPE_ATTR, ArraySource, TensorSource
 
 __all__ = [
     "ST_DTYPES",
@@ -55,7 +55,7 @@ _MAX_HEADER = 100 * 1000 * 1000
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".npz", ".gguf")
 INDEX_NAME = "model.safetensors.index.json"
 #: directory of a store holding the checkpoint's non-tensor files
-AUX_DIR = "__aux__"
+AUX_DIR = AUX_DIR_NAME
 
 
 class CorruptCheckpoint(InvalidStore):

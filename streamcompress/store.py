@@ -9,6 +9,7 @@ float32 (bf16 bits << 16) for the kernels.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import mmap
 import os
@@ -48,6 +49,8 @@ CODECS = ("zstd", "none")
 LOGICAL_DTYPE_ATTR = "logical_dtype"
 #: Group attribute listing tensor names in model order.
 TENSOR_ORDER_ATTR = "tensor_order"
+#: Subgroup-like folder of non-tensor files kept with a store (config.json, tokenizer files)
+AUX_DIR_NAME = "__aux__"
 
 _FLOAT_KINDS = {"float32", "float64", "float16", "bfloat16"}
 
@@ -430,26 +433,37 @@ def open_input(path: str | os.PathLike, missing: str = "error",
     if getattr(group.metadata, "zarr_format", 3) != 3:
         raise InvalidStore(f"'{path}' is a Zarr v{group.metadata.zarr_format} group; v3 is needed")
     rec = group.attrs.get(RUN_ATTR)
-    if isinstance(rec, dict) and rec.get("status") != "complete" and not unfinished_ok:
+    unfinished = isinstance(rec, dict) and rec.get("status") != "complete"
+    if unfinished and not unfinished_ok:
         cmd = rec.get("command", "compress")
         hint = "finish it with compress --resume" if cmd == "compress" else f"run {cmd} again"
         raise InvalidStore(f"'{path}' is an unfinished streamcompress output ({cmd} {rec.get('status')}, "
                            f"not complete): {hint}")
-    return group, group_sources(group, missing)
+    return group, group_sources(group, missing, partial=unfinished)
 
 
-def group_sources(group: Any, missing: str = "error") -> list[TensorSource]:
+def group_sources(group: Any, missing: str = "error", partial: bool = False) -> list[TensorSource]:
     """The tensors of an open Zarr group in model order (quantized tensors as
-    :class:`QuantizedSource`, their companion arrays hidden)."""
+    :class:`QuantizedSource`, their companion arrays hidden). ``partial`` (an
+    unfinished output, opened for ``info``): tensors not yet whole are left out."""
     arrays = {}
     with warnings.catch_warnings():
         # __aux__ (config.json, tokenizer files kept with the store) is not Zarr
         warnings.filterwarnings("ignore", message=r"Object at __aux__ is not recognized")
         try:
             members = list(group.members(max_depth=None))
+            err = ""
         except Exception as e:  # noqa: BLE001 - a member's zarr.json that zarr cannot parse
-            raise InvalidStore(f"'{_describe_group(group)}' holds unreadable metadata (a zarr.json that is "
-                               f"not valid Zarr v3): {type(e).__name__}: {e}") from None
+            members, err = [], f": {type(e).__name__}: {e}"
+    # zarr skips (with a warning) or raises on a member whose metadata it cannot read:
+    # either way a tensor would be lost, so every node's zarr.json must have become a member
+    listed = {name for name, _ in members}
+    files = _metadata_files(group)
+    for name, (f, ok) in sorted(files.items(), key=lambda kv: kv[1][1]):  # unparseable ones first
+        if name not in listed:
+            raise InvalidStore(f"'{f}' is not valid Zarr v3 metadata (node '{name}' cannot be read){err}")
+    if err:
+        raise InvalidStore(f"a zarr.json of '{_local_root(group) or group}' is not valid Zarr v3 metadata{err}")
     for name, node in members:
         if hasattr(node, "shape") and not name.startswith("__"):
             arrays[name] = node
@@ -462,6 +476,11 @@ def group_sources(group: Any, missing: str = "error") -> list[TensorSource]:
                     companions.add(name + q[key])
     tensors = {n: a for n, a in arrays.items() if n not in companions}
     order = group.attrs.get(TENSOR_ORDER_ATTR)
+    if isinstance(order, list):
+        lost = [n for n in order if n not in tensors]
+        if lost and not partial:
+            raise InvalidStore(f"tensor '{lost[0]}' (in the store's tensor_order) is missing from the store"
+                               + (f", and {len(lost) - 1} more" if len(lost) > 1 else ""))
     if isinstance(order, list) and sorted(order) == sorted(tensors):
         names = list(order)
     else:
@@ -474,6 +493,8 @@ def group_sources(group: Any, missing: str = "error") -> list[TensorSource]:
                 zp = arrays[n + q["zero_point"]] if q.get("zero_point") else None
                 sources.append(QuantizedSource(n, tensors[n], arrays[n + q["scale"]], zp, missing))
             except (KeyError, TypeError, ValueError) as e:
+                if partial:
+                    continue
                 raise InvalidStore(f"quantized tensor '{n}' has a bad 'quantization' attribute or misses an "
                                    f"array: {type(e).__name__}: {e}") from None
         else:
@@ -823,9 +844,31 @@ class _ChunkWriter:
         return True
 
 
-def _describe_group(group: Any) -> str:
+def _metadata_files(group: Any) -> dict[str, tuple[Path, bool]]:
+    """Every node's ``zarr.json`` below a local group (not under ``__aux__``, not
+    inside arrays): member name -> (file, whether it reads as Zarr v3 metadata)."""
     root = _local_root(group)
-    return str(root / group.path if group.path else root) if root is not None else str(group)
+    if root is None:
+        return {}
+    top = root / group.path if group.path else root
+    found: dict[str, tuple[Path, bool]] = {}
+    for d, dirs, files in os.walk(top):
+        rel = os.path.relpath(d, top)
+        dirs[:] = sorted(x for x in dirs if not (rel == "." and x == AUX_DIR_NAME))
+        if "zarr.json" not in files:
+            continue
+        f = Path(d) / "zarr.json"
+        try:
+            meta = json.loads(f.read_bytes())
+            ok = isinstance(meta, dict) and meta.get("zarr_format") == 3 and meta.get("node_type") in (
+                "array", "group")
+        except (OSError, ValueError):
+            ok, meta = False, {}
+        if not ok or meta.get("node_type") == "array":
+            dirs[:] = []  # (chunks below an array)
+        if rel != ".":
+            found[rel.replace(os.sep, "/")] = (f, ok)
+    return found
 
 
 def _local_root(array: Any) -> Path | None:

@@ -50,9 +50,7 @@ def stage_from_dict(d: dict[str, Any]) -> Stage:
     """
     if not isinstance(d, dict) or "name" not in d:
         raise ConfigError(f"a stage must be a table with a 'name', got {d!r}")
-    name = str(d["name"]).lower()
-    aliases = {"quantize": "quantize_int8", "int8": "quantize_int8"}
-    name = aliases.get(name, name)
+    name = str(d["name"]).lower()  # "quantize" is the real stage (Quantize), "quantize_int8" the seed's
     if name not in STAGES:
         raise ConfigError(f"unknown stage '{d['name']}' (choose from {', '.join(STAGES)})")
     conf = d.get("configuration")

@@ -252,7 +252,7 @@ class _SchemeRunner(StageRunner):
         if self._mx is None:  # nothing observed (no blocks)
             units = math.prod(self.s.scale_shape(self.meta.shape))
             self._mx, self._mn = np.zeros(units, np.float32), np.zeros(units, np.float32)
-        self._glob = self.s.scales_from_stats(self._mx, None if self.s.symmetric else self._mn)
+        self._glob = self.s.scales_from_stats(self._mx, None if self.s.symmetric else self._mn, self.meta.name)
         self._amax = float(np.max(np.maximum(self._mx, -self._mn))) if self._mx.size else 0.0
         self._mx = self._mn = None
 
@@ -261,7 +261,7 @@ class _SchemeRunner(StageRunner):
         u0, k = K.unit_range(block.start, x.size, self.L, self.g)
         if self.local:
             mx, mn = self._block_stats(block, x)
-            used, inv, zp = self.s.scales_from_stats(mx, mn)
+            used, inv, zp = self.s.scales_from_stats(mx, mn, self.meta.name)
             self._amax = max(self._amax, float(np.max(np.maximum(mx, -mn if mn is not None else mx))))
         else:
             used, inv, zp = (a[u0:u0 + k] for a in self._glob)

@@ -135,10 +135,17 @@ class QuantScheme:
     def code_dtype(self) -> str:
         return "uint8" if self.packed else "int8"
 
-    def scales_from_stats(self, mx: np.ndarray, mn: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def scales_from_stats(self, mx: np.ndarray, mn: np.ndarray | None,
+                          tensor: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(scale used, reciprocal, zero point)`` per unit from absmax (symmetric)
-        or (min, max) (asymmetric). ``scale used`` is already rounded to ``scale_dtype``."""
+        or (min, max) (asymmetric). ``scale used`` is already rounded to ``scale_dtype``.
+        An infinite value (kept by ``nonfinite="keep"``) or a scale past the
+        scale dtype's range is a :class:`ConfigError` naming ``tensor``."""
         mx = mx.astype(np.float32)
+        if not (np.isfinite(mx).all() and (mn is None or np.isfinite(mn).all())):
+            raise ConfigError(f"tensor '{tensor}' holds inf (kept by --nonfinite keep): {self.spec()} cannot "
+                              "store an infinite scale; use --nonfinite zero, or --quantize int8 --simulate "
+                              "(the seed's stage: the tensor turns NaN)")
         if self.symmetric:
             s = (mx / np.float32(self.qmax)).astype(np.float32)
             zp = np.zeros(s.shape, dtype=np.int64)
@@ -150,7 +157,9 @@ class QuantScheme:
             inv = np.where(s == 0, np.float32(0), np.float32(1) / np.where(s == 0, 1, s)).astype(np.float32)
             used = s.astype(self.scale_dtype).astype(np.float32)
         if not np.isfinite(used).all():
-            raise ConfigError(f"a scale overflows {self.scale_dtype}; use float32 scales")
+            fix = "use --scale-dtype float32" if self.name != "q8_0" else "q8_0 keeps float16 scales: use int8"
+            raise ConfigError(f"tensor '{tensor}': a scale of {self.spec()} overflows {self.scale_dtype} (values "
+                              f"up to {float(np.max(np.abs(mx))):.4g}); {fix}")
         if not self.symmetric:
             with np.errstate(divide="ignore", invalid="ignore"):
                 t = np.where(used == 0, 0, (np.float32(self.qmin) - lo / np.where(used == 0, 1, used)))

@@ -204,8 +204,10 @@ def claim_output(output: str | os.PathLike, inputs: Sequence[str | os.PathLike],
     """
     out = real_path(output)
     check_apart(inputs, output)
-    if not out.parent.is_dir():
-        raise UnsafePath(f"cannot create output '{output}': its directory '{out.parent}' does not exist")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # (after the path checks: nothing of an input)
+    except OSError as e:
+        raise UnsafePath(f"cannot create output '{output}': {e.strerror} ({out.parent})") from None
     with _locked(out, command):
         _clear_leftovers(out)
         if out.exists() or out.is_symlink():

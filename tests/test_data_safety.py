@@ -435,3 +435,9 @@ def test_an_unreachable_scheduler_writes_nothing(tmp_path, model, capsys, monkey
     one_line_error(capsys, "cannot reach the Dask scheduler")
     assert not out.exists() and not list(tmp_path.glob(".o.zarr*"))
     assert main(["compress", str(model), str(out), "--quantize", "int8", "-q"]) == 0  # a plain rerun works
+
+
+def test_missing_parent_directories_of_an_output_are_made(tmp_path, model):
+    out = tmp_path / "new" / "deeper" / "o.zarr"
+    assert main(["compress", str(model), str(out), "--quantize", "int8", "-q"]) == 0
+    assert main(["verify", str(model), str(out)]) == 0

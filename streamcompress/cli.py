@@ -41,6 +41,9 @@ class _StageAction(argparse.Action):
         namespace.stages = stages
 
 
+_IN_HELP = "a Zarr v3 group, a .safetensors file, or a directory of safetensors shards"
+
+
 def _fraction(text: str) -> float:
     try:
         return float(text)
@@ -140,6 +143,10 @@ def _pipeline(args: argparse.Namespace) -> CompressionConfig:
             if args.simulate and scheme == parse_scheme("int8") and not args.tensor_type:
                 stages.append(QuantizeInt8())  # exactly the seed's stage
             else:
+                if not args.simulate and scheme.granularity.value == "tensor" and ":" not in value:
+                    log.warning("--quantize %s keeps one scale for a whole tensor, which is coarse for real "
+                                "weights; %s:channel (one scale per output row) keeps a model much closer "
+                                "(README, Quality)", value, scheme.name)
                 stages.append(Quantize(scheme, args.simulate, _overrides(args.tensor_type, args.scale_dtype)))
         else:
             stages.append(Clip(value))
@@ -150,16 +157,18 @@ def _pipeline(args: argparse.Namespace) -> CompressionConfig:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="streamcompress",
-        description="Out-of-core compression of model checkpoints stored as Zarr v3 groups.",
+        description="Out-of-core compression of model checkpoints (Zarr v3 groups, safetensors files or "
+                    "sharded directories). New here? Run 'streamcompress demo'.",
     )
     p.add_argument("--version", action="version", version=f"streamcompress {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    c = sub.add_parser("compress", help="compress a Zarr checkpoint into a new Zarr group",
+    c = sub.add_parser("compress", help="compress a checkpoint (Zarr or safetensors) into a new Zarr group",
                        description="Stream IN through the stages and write OUT.")
-    c.add_argument("input", metavar="IN", help="input Zarr v3 group")
-    c.add_argument("output", metavar="OUT", help="output Zarr v3 group (must not exist)")
+    c.add_argument("input", metavar="IN", help=_IN_HELP)
+    c.add_argument("output", metavar="OUT", help="output Zarr v3 group (must not exist, unless --overwrite or "
+                                                 "--resume)")
     _add_stage_flags(c)
     c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     c.add_argument("--resume", action="store_true",
@@ -185,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "about SIZE (default 1GiB)")
 
     e = sub.add_parser("estimate", help="estimate the compressed size from metadata only")
-    e.add_argument("input", metavar="IN", help="input Zarr v3 group")
+    e.add_argument("input", metavar="IN", help=_IN_HELP)
     _add_stage_flags(e)
     e.add_argument("--json", action="store_true", help="print JSON")
 
@@ -194,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "or .npz")
     im.add_argument("output", metavar="STORE", help="new Zarr v3 group")
     im.add_argument("--overwrite", action="store_true", help="replace STORE if it exists")
-    im.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    im.add_argument("-q", "--quiet", action="store_true", help="no progress bar, nothing printed on success")
 
     ex = sub.add_parser("export", help="write a store as safetensors shards (dense or compressed-tensors)")
     ex.add_argument("input", metavar="STORE", help="a Zarr v3 group (compressed or not)")
@@ -207,26 +216,39 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest shard (default 5GB)")
     ex.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     _add_missing_flag(ex)
-    ex.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ex.add_argument("-q", "--quiet", action="store_true", help="no progress bar, nothing printed on success")
 
-    r = sub.add_parser("restore", help="write dense float tensors back from a compressed store")
+    r = sub.add_parser("restore", help="write a compressed store's tensors back as dense floats, into a new Zarr "
+                                       "group (to load in other tools, use export)",
+                       description="Dequantize every tensor of STORE into a new Zarr v3 group DEST of dense "
+                                   "float tensors. DEST is a Zarr store, not a checkpoint other tools load: "
+                                   "'export' writes safetensors.")
     r.add_argument("input", metavar="STORE", help="a (compressed) Zarr v3 group")
     r.add_argument("output", metavar="DEST", help="new Zarr v3 group")
     r.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     r.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     r.add_argument("--memory-budget", default="256MiB", metavar="SIZE")
     _add_missing_flag(r)
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar, nothing printed on success")
 
     v = sub.add_parser("verify", help="error statistics of a compressed store against its input")
-    v.add_argument("input", metavar="IN", help="the original store")
-    v.add_argument("output", metavar="OUT", help="the compressed (or restored) store")
+    v.add_argument("input", metavar="IN", help="the original checkpoint (" + _IN_HELP + ")")
+    v.add_argument("output", metavar="OUT", help="the compressed (or restored) store, or a safetensors export")
     v.add_argument("--memory-budget", default="256MiB", metavar="SIZE")
     _add_missing_flag(v)
     v.add_argument("--json", action="store_true", help="print JSON")
 
+    dm = sub.add_parser("demo", help="make a small Llama-shaped checkpoint and compress it (int8 per channel)",
+                        description="Write a synthetic Llama-shaped checkpoint to DIR/model.zarr, compress it "
+                                    "with int8 per channel (1-D tensors left float) into DIR/model-int8.zarr, "
+                                    "and print the summary and the error against the input.")
+    dm.add_argument("directory", metavar="DIR", nargs="?", default="streamcompress-demo",
+                    help="where the demo's files go (default ./streamcompress-demo)")
+    dm.add_argument("--size", default="64MB", metavar="SIZE", help="size of the checkpoint (default 64MB)")
+    dm.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
     i = sub.add_parser("info", help="list the tensors of a store")
-    i.add_argument("store", metavar="STORE", help="a Zarr v3 group")
+    i.add_argument("store", metavar="STORE", help=_IN_HELP)
     i.add_argument("--json", action="store_true", help="print JSON")
     return p
 
@@ -294,15 +316,27 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     print("Error statistics (each stage against its input):")
     print(result.error_summary())
     if result.stored_bytes is not None:
-        bpw = result.bits_per_weight()
-        per = f"{bpw:.3f} bits per weight" if bpw is not None else "no parameters"
-        print(f"Stored: {result.stored_bytes} bytes on disk ({_fmt_bytes(result.stored_bytes)}), {per}")
+        print(_stored_line(result))
     if args.report:
         Path(args.report).write_text(json.dumps(
             {"input": args.input, "output": args.output, "pipeline": cfg.to_dict(), **result.to_dict()},
             indent=2, default=_json_default))
         print(f"report written to {args.report}")
     return 0
+
+
+def _stored_line(result) -> str:
+    """Bytes on disk and bits per weight: over the whole model, and over the
+    processed tensors alone when some were left unchanged."""
+    bpw = result.bits_per_weight()
+    per = f"{bpw:.3f} bits per weight (whole model)" if bpw is not None else "no parameters"
+    line = f"Stored: {result.stored_bytes} bytes on disk ({_fmt_bytes(result.stored_bytes)}), {per}"
+    p = result.processed_summary()
+    if p["tensors"] < len(result.tensor_names) and p["params"]:
+        sp = ", ".join(f"stage {i + 1} [{n}] sparsity={v:.4f}" for i, (n, v) in enumerate(p["stage_sparsity"]))
+        line += (f"\nProcessed tensors only ({p['tensors']} of {len(result.tensor_names)}, {p['params']} params): "
+                 f"{p['bits_per_weight']:.3f} bits per weight; {sp}")
+    return line
 
 
 def _json_default(o: Any) -> Any:
@@ -374,7 +408,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     opts = EngineOptions(progress=not args.quiet and sys.stderr.isatty())
     names = import_checkpoint(args.input, args.output, overwrite=args.overwrite, options=opts)
-    print(f"imported {len(names)} tensors into {args.output}")
+    if not args.quiet:
+        print(f"imported {len(names)} tensors into {args.output}")
     return 0
 
 
@@ -386,7 +421,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     paths = export_checkpoint(args.input, args.output, dtype=args.dtype, fmt=args.fmt,
                               max_shard_size=parse_size(args.max_shard_size), overwrite=args.overwrite,
                               options=opts)
-    print(f"exported {len(paths)} shard(s) to {args.output} ({args.fmt})")
+    if not args.quiet:
+        print(f"exported {len(paths)} shard(s) to {args.output} ({args.fmt})")
     return 0
 
 
@@ -396,36 +432,94 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     opts = EngineOptions(memory_budget=args.memory_budget, progress=not args.quiet and sys.stderr.isatty(),
                          missing_chunks=args.missing_chunks)
     names = restore(args.input, args.output, dtype=args.dtype, overwrite=args.overwrite, options=opts)
-    print(f"restored {len(names)} tensors to {args.output} as {args.dtype}")
+    if not args.quiet:
+        print(f"restored {len(names)} tensors to {args.output} as {args.dtype}")
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .engine import EngineOptions, verify
+    from .engine import VERIFY_EXACT, EngineOptions, verify
 
     res = verify(args.input, args.output, EngineOptions(memory_budget=args.memory_budget,
                                                         missing_chunks=args.missing_chunks))
 
     def row(s):
         sq = s.sqnr_db()
-        return {"params": s.n_compared, "nonzero": s.nonzero_params_after, "mse": s.mse(),
-                "max_abs_err": s.max_abs_err, "sqnr_db": sq if math.isfinite(sq) else None}
+        r = {"params": s.n_compared, "nonzero": s.nonzero_params_after, "mse": s.mse(),
+             "max_abs_err": s.max_abs_err, "sqnr_db": sq if math.isfinite(sq) else None}
+        if s.stage_name == VERIFY_EXACT:
+            r["copied"] = True
+            r["identical"] = s.sum_sq_err == 0 and s.max_abs_err == 0
+        return r
 
     if args.json:
         print(json.dumps({"tensors": {n: row(s) for n, s in res.items() if n}, "total": row(res[""])},
                          indent=2))
         return 0
     width = max([len(n) for n in res] + [5])
+    copied = 0
     for n, s in list(res.items())[:-1] + [("total", res[""])]:
         if n == "":
             continue
         r = row(s)
+        if r.get("copied"):
+            copied += 1
+            what = "identical" if r["identical"] else f"DIFFERS: max_abs_err={r['max_abs_err']:.6g}"
+            print(f"{n:<{width}}  copied (not a float tensor): {what}")
+            continue
         sq = "inf" if r["sqnr_db"] is None else f"{r['sqnr_db']:.2f}"
-        print(f"{n:<{width}}  mse={r['mse']:.6g} max_abs_err={r['max_abs_err']:.6g} sqnr={sq}dB")
+        note = f"  (the {len(res) - 1 - copied} float tensors; copied ones compared exactly)" if n == "total" else ""
+        print(f"{n:<{width}}  mse={r['mse']:.6g} max_abs_err={r['max_abs_err']:.6g} sqnr={sq}dB{note}")
+    differ = [n for n, s in res.items() if not row(s).get("identical", True)]
+    if differ:
+        print(f"streamcompress: error: copied tensor(s) differ from the input: {', '.join(differ[:5])}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
-_COMMANDS = {"compress": _cmd_compress, "estimate": _cmd_estimate, "info": _cmd_info,
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import GENERATOR, demo_config, write_checkpoint
+    from .engine import EngineOptions, compress_model, parse_size, verify
+    from .errors import OutputExists
+
+    root = Path(args.directory)
+    src, out = root / "model.zarr", root / "model-int8.zarr"
+    size = parse_size(args.size)
+    made = {}
+    if (src / "zarr.json").exists():
+        made = json.loads((src / "zarr.json").read_text()).get("attributes", {})
+        if made.get("generator") != GENERATOR:
+            raise OutputExists(str(src), ours=False)
+    elif src.exists():
+        raise OutputExists(str(src), ours=False)
+    if made.get("size") != size:
+        root.mkdir(parents=True, exist_ok=True)
+        write_checkpoint(src, size, overwrite=True)
+        import zarr
+
+        zarr.open_group(str(src), mode="r+").attrs["size"] = size
+        print(f"wrote a synthetic Llama-shaped checkpoint ({_fmt_bytes(size)}) to {src}")
+    cfg = demo_config()
+    opts = EngineOptions(progress=not args.quiet and sys.stderr.isatty())
+    result = compress_model(str(src), cfg, output=str(out), overwrite=True, options=opts)
+    print(f"compressed it with {' '.join(_flags(cfg))} into {out}")
+    print(result.summary())
+    print(_stored_line(result))
+    total = verify(str(src), str(out))[""]
+    print(f"Error against the input: sqnr={total.sqnr_db():.2f}dB mse={total.mse():.3g} "
+          f"max_abs_err={total.max_abs_err:.3g}")
+    print(f"Next: streamcompress info {out}; streamcompress export {out} {root / 'model-int8-ct'} "
+          "--format compressed-tensors")
+    return 0
+
+
+def _flags(cfg: CompressionConfig) -> list[str]:
+    flags = [f"--quantize {s.scheme.spec()}" if isinstance(s, Quantize) else s.name for s in cfg.stages]
+    return flags + (["--skip-1d"] if cfg.skip_1d else [])
+
+
+_COMMANDS = {"demo": _cmd_demo, "compress": _cmd_compress, "estimate": _cmd_estimate, "info": _cmd_info,
              "restore": _cmd_restore, "verify": _cmd_verify, "import": _cmd_import, "export": _cmd_export}
 
 

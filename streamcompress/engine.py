@@ -69,7 +69,8 @@ def parse_size(text: str | int) -> int:
         return text
     s = str(text).strip().lower().replace(" ", "")
     units = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1 << 20, "mb": 10**6,
-             "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
+             "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12,
+             "tib": 1 << 40}
     num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
     unit = s[len(num):]
     if unit not in units or not num:
@@ -826,6 +827,10 @@ def _restore_into(sources: list[TensorSource], path: Path, dtype: str, options: 
     return names
 
 
+#: ``stage_name`` of verify's rows for integer / bool tensors (compared exactly, not in the total)
+VERIFY_EXACT = "verify_exact"
+
+
 def verify(
     reference: str | os.PathLike, candidate: str | os.PathLike, options: EngineOptions | None = None
 ) -> dict[str, StageStats]:
@@ -835,7 +840,9 @@ def verify(
 
     Returns ``{name: StageStats}`` (``sum_sq_err``, ``max_abs_err``,
     ``sum_sq_signal``, ``n_compared``, ``nonzero_params_after`` of the candidate)
-    plus the total under the key ``""``.
+    plus the total over the float tensors under the key ``""``. Integer and
+    bool tensors (copied, never compressed) have ``stage_name`` ``VERIFY_EXACT``
+    and stay out of the total.
     """
     options = options or EngineOptions()
     ref = {s.meta.name: s for s in load_sources(reference, options.missing_chunks)}
@@ -863,6 +870,9 @@ def verify(
             st = st.merge(StageStats(nonzero_params_after=int(nz), sum_sq_err=float(sse),
                                      max_abs_err=float(mx), sum_sq_signal=float(sig),
                                      n_compared=int(x.size), params_before=int(x.size)))
+        if exact:  # copied, not compressed: compared exactly, kept out of the float totals
+            out[name] = st.with_counts(stage_name=VERIFY_EXACT, tensors_skipped=1)
+            continue
         out[name] = st.with_counts(stage_name="verify", tensors_processed=1)
         total = total.merge(out[name])
     out[""] = total

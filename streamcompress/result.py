@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,8 +101,28 @@ class CompressionResult:
             return None
         return 8.0 * self.stored_bytes / self.total_params
 
+    def processed_summary(self) -> dict[str, Any]:
+        """Figures over the processed tensors alone (the seed's totals count tensors a
+        stage skipped too): how many, their parameters, their stored bits per
+        weight (store runs, else None), and each stage's sparsity over the
+        tensors it processed."""
+        infos = [self.tensor_stats.get(n, {}) for n in self.tensor_names]
+        done = [i for i in infos if not i.get("skipped", True)]
+        params = sum(math.prod(i["shape"]) for i in done)
+        stored = sum(i.get("stored_bytes", 0) for i in done)
+        sparsity = []
+        for k, s in enumerate(self.stage_stats):
+            ds = [i["stages"][k] for i in done if i["stages"][k].get("tensors_processed")]
+            before = sum(d["params_before"] for d in ds)
+            nz = sum(d["nonzero_params_after"] for d in ds)
+            sparsity.append((s.stage_name, _f32_ratio(max(before - nz, 0), before) if before else 0.0))
+        return {"tensors": len(done), "params": params,
+                "bits_per_weight": 8.0 * stored / params if params and self.stored_bytes is not None else None,
+                "stage_sparsity": sparsity}
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "processed": self.processed_summary(),
             "summary": {
                 "stored_bytes": self.stored_bytes,
                 "bits_per_weight": self.bits_per_weight(),

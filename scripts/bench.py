@@ -71,7 +71,7 @@ def floor_run(src: str, out: str, pipeline: str) -> None:
     import zarr
     from zarr.codecs import ZstdCodec
 
-    from streamcompress.store import LOGICAL_DTYPE_ATTR
+    from streamcompress.formats.base import LOGICAL_DTYPE_ATTR
 
     g = zarr.open_group(src, mode="r")
     o = zarr.open_group(out, mode="w")
@@ -104,7 +104,7 @@ def floor_direct_run(src: str, out: str, pipeline: str) -> None:
     import zarr
 
     from streamcompress.layout import plan_blocks
-    from streamcompress.store import ZarrSink, ZarrSource
+    from streamcompress.formats.zarr import ZarrSink, ZarrSource
 
     g = zarr.open_group(src, mode="r")
     sink = ZarrSink(out, overwrite=True)
@@ -133,7 +133,7 @@ def numpy_run(src: str, out: str, pipeline: str) -> None:
     import zarr
     from zarr.codecs import ZstdCodec
 
-    from streamcompress.store import LOGICAL_DTYPE_ATTR
+    from streamcompress.formats.base import LOGICAL_DTYPE_ATTR
 
     g = zarr.open_group(src, mode="r")
     o = zarr.open_group(out, mode="w")

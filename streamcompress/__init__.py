@@ -7,7 +7,7 @@ and the seed's errors, run by a streaming engine over Zarr v3 stores or
 in-memory arrays.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .config import CompressionConfig, is_embedding_layer, load_config
 from .engine import EngineOptions, compress_model, estimate_compressed_size, restore, verify

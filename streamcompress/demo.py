@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import LOGICAL_DTYPE_ATTR, TENSOR_ORDER_ATTR
+from .formats.base import LOGICAL_DTYPE_ATTR, TENSOR_ORDER_ATTR
 
 __all__ = ["GENERATOR", "llama_shapes", "write_checkpoint", "demo_config"]
 

@@ -46,22 +46,13 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from .config import CompressionConfig
-from .engine import (
-    _IO,
-    EngineOptions,
-    Run,
-    _prepare,
-    _Progress,
-    block_writer,
-    check_stop,
-    create_outputs,
-    finish_tensor,
-    load_sources,
-    parse_size,
-    process_tensor,
-)
+from .engine.io import _IO, _Progress
+from .engine.local import block_writer, create_outputs, finish_tensor, process_tensor
+from .engine.options import EngineOptions, check_stop, parse_size
+from .engine.plan import Run, _prepare, load_sources
 from .errors import ConfigError, StreamCompressError
-from .store import ZarrSink, stored_nbytes
+from .formats.base import stored_nbytes
+from .formats.zarr import ZarrSink
 
 __all__ = ["DaskExecutor"]
 

@@ -31,6 +31,7 @@ __all__ = [
     "UnsafePath",
     "OutputBusy",
     "MissingChunk",
+    "CorruptCheckpoint",
     "OutputError",
     "ResumeMismatch",
 ]
@@ -172,6 +173,10 @@ class OutputBusy(StreamCompressError, BlockingIOError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+class CorruptCheckpoint(InvalidStore):
+    """A safetensors file or index that is malformed (nothing is written)."""
 
 
 class MissingChunk(InvalidStore):

@@ -135,7 +135,7 @@ def test_full_disk_tmpfs_gives_clean_error_and_resumes(tmp_path, rng, capsys):
 
 @pytest.mark.parametrize("err_no, text", [(errno.ENOSPC, "No space left"), (errno.EACCES, "Permission denied")])
 def test_injected_write_errors(tmp_path, rng, capsys, monkeypatch, err_no, text):
-    from streamcompress import store
+    from streamcompress.formats import zarr as store
 
     src, _ = big_store(tmp_path, rng, n=4)
     out = tmp_path / "out.zarr"

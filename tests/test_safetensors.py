@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 import streamcompress as sc
 from conftest import heavy_tailed
 from streamcompress.cli import main
-from streamcompress.convert import export_checkpoint, import_checkpoint
+from streamcompress.engine import export_checkpoint, import_checkpoint
 
 
 def model(rng):
@@ -220,7 +220,7 @@ def test_compressed_tensors_rejects_int4(tmp_path, rng, capsys):
 def test_only_checkpoint_files_are_carried_along(tmp_path, rng):
     """A single file's directory may hold anything (a Downloads folder, the output
     itself): only the known config/tokenizer/model-code files are copied."""
-    from streamcompress.safetensors_io import aux_files
+    from streamcompress.formats.sidecar import aux_files
 
     d = tmp_path / "dl"
     d.mkdir()

@@ -6,7 +6,8 @@ import zarr
 
 from streamcompress.errors import InvalidStore, MissingChunk
 from streamcompress.layout import plan_blocks
-from streamcompress.store import ZarrSource, _DirectChunks
+from streamcompress.formats.zarr import ZarrSource
+from streamcompress.formats.zarr.direct import DirectChunks as _DirectChunks
 
 
 def make(path, data, chunks, **kw):
@@ -119,7 +120,8 @@ def test_read_buffers_are_reused_only_when_nothing_holds_them(tmp_path, held):
 def test_sink_writes_the_chunk_files_zarr_writes(tmp_path, codec, dtype, shape, chunks, monkeypatch):
     """Whole chunks go straight to their files (edge chunks padded): byte for byte
     what zarr itself writes for the same array, and read back by zarr."""
-    from streamcompress.store import ZarrSink, _ChunkWriter
+    from streamcompress.formats.zarr import ZarrSink
+    from streamcompress.formats.zarr.direct import ChunkWriter as _ChunkWriter
 
     rng = np.random.default_rng(0)
     data = (rng.standard_normal(shape) * 40).astype(dtype)
@@ -145,7 +147,7 @@ def test_sink_writes_the_chunk_files_zarr_writes(tmp_path, codec, dtype, shape, 
 
 
 def test_sink_leaves_other_regions_and_dtypes_to_zarr(tmp_path):
-    from streamcompress.store import ZarrSink
+    from streamcompress.formats.zarr import ZarrSink
 
     sink = ZarrSink(tmp_path / "o.zarr")
     sink.create("a", (8, 4), (4, 4), "float32", {})

@@ -10,7 +10,7 @@ _WHERE = {
     "JIT": "_jit",
     "PJIT": "_jit",
     "TILE": "_jit",
-    "check_threading_layer": "_jit",
+    "check_threading_layer": "threads",
     "absmax": "elementwise",
     "clip_le": "elementwise",
     "count_nonfinite": "elementwise",

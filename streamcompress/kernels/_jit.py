@@ -1,8 +1,9 @@
-"""Numba options in one place, and the threading-layer guard.
+"""Numba options in one place, and the choice of a thread-safe threading layer.
 
 The ``workqueue`` layer aborts the process when two Python threads call
 parallel kernels at once (the engine reads ahead and writes behind on
-background threads), so a thread-safe layer (OpenMP or TBB) is required.
+background threads), so a thread-safe layer (OpenMP or TBB) is asked for here
+and asserted by ``threads.check_threading_layer``.
 """
 
 from __future__ import annotations
@@ -30,24 +31,3 @@ PJIT = {**JIT, "parallel": True}
 #: Fixed tile of the deterministic reductions: partial sums are taken per
 #: tile and added in tile order, so results do not depend on thread count.
 TILE = 1 << 16
-
-_SAFE_LAYERS = ("omp", "tbb")
-
-
-def check_threading_layer() -> str:
-    """Launch a tiny parallel kernel and assert the layer is thread-safe.
-
-    Returns the layer name; raises ``RuntimeError`` for ``workqueue``.
-    """
-    from .elementwise import count_nonzero
-
-    import numpy as np
-
-    count_nonzero(np.ones(4, dtype=np.float32))
-    layer = numba.threading_layer()
-    if layer not in _SAFE_LAYERS:
-        raise RuntimeError(
-            f"numba threading layer '{layer}' is not thread-safe; install an OpenMP runtime "
-            "(libgomp) or the 'tbb' package, or set NUMBA_THREADING_LAYER=omp"
-        )
-    return layer

@@ -1,4 +1,4 @@
-"""Safetensors in and out, streaming (store layer).
+"""Safetensors: checkpoints in (one file, or shards with an index) and dense shards out.
 
 Reading validates every header before anything is written, then reads each
 block with one ``pread`` (blocks are flat-contiguous, so a block is one byte
@@ -17,28 +17,17 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
-from .errors import InvalidStore, StoreNotFound
-from .layout import Block, TensorMeta
-from .safety import bad_member_name
-from .store import AUX_DIR_NAME, LOGICAL_DTYPE_ATTR, ArraySource, TensorSource
+from ..errors import CorruptCheckpoint, InvalidStore, StoreNotFound
+from ..layout import Block, TensorMeta
+from ..safety import bad_member_name
+from .base import LOGICAL_DTYPE_ATTR, ByteStreams, Checkpoint, Exporter, Format, OutTensor, TensorSource, digest
 
-__all__ = [
-    "ST_DTYPES",
-    "SafetensorsSource",
-    "is_safetensors_input",
-    "scan_checkpoint",
-    "write_safetensors",
-    "st_dtype_of",
-    "aux_files",
-    "copy_aux",
-    "AUX_DIR",
-    "INDEX_NAME",
-    "CorruptCheckpoint",
-]
+__all__ = ["SafetensorsFormat", "DenseExporter", "SafetensorsSource", "scan_checkpoint", "write_safetensors",
+           "write_shards", "st_dtype_of", "check_name", "ST_DTYPES", "INDEX_NAME", "CorruptCheckpoint"]
 
 #: safetensors dtype -> (numpy dtype of the stored bytes, logical dtype)
 ST_DTYPES: dict[str, tuple[str, str]] = {
@@ -48,18 +37,18 @@ ST_DTYPES: dict[str, tuple[str, str]] = {
     "U32": ("uint32", "uint32"), "U16": ("uint16", "uint16"), "U8": ("uint8", "uint8"),
     "BOOL": ("bool", "bool"),
 }
+
+
 #: the safetensors library's dtype order (files list tensors by descending rank)
 _RANK = {d: i for i, d in enumerate(["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16",
                                      "I32", "U32", "F32", "F64", "I64", "U64"])}
+
+
 _MAX_HEADER = 100 * 1000 * 1000
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".npz", ".gguf")
+
+
 INDEX_NAME = "model.safetensors.index.json"
-#: directory of a store holding the checkpoint's non-tensor files
-AUX_DIR = AUX_DIR_NAME
 
-
-class CorruptCheckpoint(InvalidStore):
-    """A safetensors file or index that is malformed (nothing is written)."""
 
 
 def st_dtype_of(logical: str) -> str:
@@ -185,17 +174,16 @@ class SafetensorsSource(TensorSource):
         return self.entry.end - self.entry.begin
 
     def fingerprint(self) -> str:
-        from .store import _digest
-
         st = self.entry.path.stat()
         e = self.entry
-        return _digest([e.name, e.dtype, list(e.shape), e.path.name, e.begin, e.end, st.st_size, st.st_mtime_ns])
+        return digest([e.name, e.dtype, list(e.shape), e.path.name, e.begin, e.end, st.st_size, st.st_mtime_ns])
+
 
 
 def is_safetensors_input(path: str | os.PathLike) -> bool:
     p = Path(path)
     if p.is_file():
-        return p.suffix in (".safetensors", ".npz")
+        return p.suffix == ".safetensors"
     if p.is_dir() and not (p / "zarr.json").exists():
         return (p / INDEX_NAME).exists() or any(p.glob("*.safetensors"))
     return False
@@ -223,23 +211,14 @@ def _scan_index(d: Path) -> tuple[list[Path], dict[str, Any]]:
     return shards, index
 
 
+
 def scan_checkpoint(src: str | os.PathLike) -> tuple[list[TensorSource], dict[str, Any]]:
-    """Validate a safetensors file, a sharded directory (index json) or an .npz,
-    and return its tensors as sources (model order) and facts for attributes."""
+    """Validate a safetensors file or a sharded directory (index json), and return
+    its tensors as sources (model order) and facts for attributes."""
     p = Path(src)
     if not p.exists():
         raise StoreNotFound(str(src))
     info: dict[str, Any] = {"source": str(p)}
-    if p.is_file() and p.suffix == ".npz":
-        try:
-            npz = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise CorruptCheckpoint(f"'{p}' is not a readable .npz: {e}") from None
-        sources: list[TensorSource] = []
-        for k in npz.files:
-            check_name(k, str(p))
-            sources.append(ArraySource(k, npz[k]))  # an npz member loads whole (zip)
-        return sources, info
     if p.is_file():
         files, index = [p], None
     elif (p / INDEX_NAME).exists():
@@ -277,83 +256,30 @@ def scan_checkpoint(src: str | os.PathLike) -> tuple[list[TensorSource], dict[st
     return [SafetensorsSource(e, fds) for e in entries], info
 
 
-#: the non-tensor files of a Hugging Face checkpoint (config, tokenizer, chat
-#: template, sentence-transformers modules, model card)
-_AUX_NAMES = frozenset({
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "preprocessor_config.json", "processor_config.json", "chat_template.json",
-    "chat_template.jinja", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model",
-    "sentencepiece.bpe.model", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
-    "data_config.json", "README.md", "LICENSE", "LICENSE.txt", "NOTICE",
-})
-#: custom model code (``trust_remote_code``) and tiktoken vocabularies
-_AUX_PREFIXES = ("modeling_", "configuration_", "tokenization_", "processing_", "image_processing_")
-_AUX_MAX_BYTES = 256 << 20
 
+class SafetensorsFormat(Format):
+    """A ``.safetensors`` file, or a directory of shards (with ``model.safetensors.index.json``)."""
 
-def _is_aux(f: Path) -> bool:
-    if f.name in _AUX_NAMES or f.suffix == ".tiktoken":
-        return True
-    return f.suffix == ".py" and f.name.startswith(_AUX_PREFIXES)
+    name = "safetensors"
 
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        return is_safetensors_input(path)
 
-def aux_files(src: str | os.PathLike) -> list[tuple[str, Path]]:
-    """Non-tensor files to carry along (config.json, tokenizer files, ...):
-    ``(relative path, absolute path)``.
-
-    From a checkpoint directory (or a single file's directory): the known
-    Hugging Face config, tokenizer and model-code files, at the top level and
-    one level down (sentence-transformers keeps ``1_Pooling/config.json``),
-    never inside a Zarr store or a hidden directory, never over 256 MiB;
-    nothing else there is copied. From a store: everything in its ``__aux__``.
-    """
-    p = Path(src)
-    if p.is_file():
-        p = p.parent if p.suffix == ".safetensors" else None
-        if p is None:
-            return []
-    if (p / "zarr.json").exists():
-        aux = p / AUX_DIR
-        return [(str(f.relative_to(aux)), f) for f in sorted(aux.rglob("*")) if f.is_file()] if aux.is_dir() else []
-    candidates = [f for f in sorted(p.iterdir()) if f.is_file()]
-    for d in sorted(p.iterdir()):
-        if d.is_dir() and not d.name.startswith(".") and not (d / "zarr.json").exists():
-            candidates += [f for f in sorted(d.iterdir()) if f.is_file()]
-    out = []
-    for f in candidates:
-        rel = f.relative_to(p)
-        if not _is_aux(f) or f.stat().st_size > _AUX_MAX_BYTES:
-            continue
-        out.append((str(rel), f))
-    return out
-
-
-def copy_aux(src: str | os.PathLike, dest_dir: Path) -> list[str]:
-    """Copy the non-tensor files of ``src`` (checkpoint dir or store) into ``dest_dir``."""
-    import shutil
-
-    copied = []
-    for rel, path in aux_files(src):
-        target = dest_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-        copied.append(rel)
-    return copied
+    @classmethod
+    def open(cls, path: Path, missing: str = "error", unfinished_ok: bool = False) -> Checkpoint:
+        sources, info = scan_checkpoint(path)
+        return Checkpoint(cls.name, sources, {"import": info})
 
 
 # -- writing ---------------------------------------------------------------------
-@dataclass
-class OutTensor:
-    """A tensor to write: safetensors dtype, shape, and a block streamer."""
+def _itemsize(st_dtype: str) -> int:
+    return np.dtype(ST_DTYPES[st_dtype][0]).itemsize
 
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    stream: Callable[[], Iterable[bytes]]
 
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * np.dtype(ST_DTYPES[self.dtype][0]).itemsize
+def out_tensor(name: str, st_dtype: str, shape, stream) -> OutTensor:
+    """An :class:`OutTensor` of a safetensors dtype (``F32``, ``I8``, ...)."""
+    return OutTensor(name, st_dtype, tuple(shape), _itemsize(st_dtype), stream)
 
 
 def st_order(tensors: list[OutTensor]) -> list[OutTensor]:
@@ -386,3 +312,61 @@ def write_safetensors(path: Path, tensors: list[OutTensor], metadata: dict[str, 
         f.flush()
         os.fsync(f.fileno())
     return 8 + len(hb) + off
+
+
+
+def write_shards(dest: Path, tensors: list[OutTensor], max_shard_size: int,
+                 single_metadata: dict[str, str] | None = None) -> list[Path]:
+    """Write ``tensors`` as shards of at most ``max_shard_size`` bytes (greedy, in
+    order) named as Hugging Face names them, with an index when there are
+    several; ``single_metadata`` goes into a lone file's header."""
+    shards: list[list[OutTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    n = len(shards)
+    names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    st_meta = single_metadata if n == 1 else {"format": "pt"}
+    paths = []
+    for fname, shard in zip(names, shards):
+        write_safetensors(dest / fname, shard, st_meta)
+        paths.append(dest / fname)
+    if n > 1:
+        index_meta = {"total_size": sum(t.nbytes for t in tensors)}
+        wm = {t.name: fname for fname, shard in zip(names, shards) for t in shard}
+        (dest / INDEX_NAME).write_text(json.dumps({"metadata": index_meta,
+                                                   "weight_map": dict(sorted(wm.items()))}, indent=2) + "\n")
+    return paths
+
+
+def dense_tensor(src: TensorSource, dtype: str, streams: ByteStreams) -> OutTensor:
+    """``src`` as a dense safetensors tensor: in its own dtype (``keep``; float32 when
+    quantized) or cast to ``dtype``; integer tensors as they are."""
+    if not src.is_float:
+        st, cast = st_dtype_of(src.logical_dtype), None
+    elif dtype == "keep":
+        st, cast = ("F32", "float32") if src.quantized else (st_dtype_of(src.logical_dtype), None)
+    else:
+        st, cast = st_dtype_of(dtype), dtype
+    return out_tensor(src.meta.name, st, src.meta.shape, streams.dense(src, cast))
+
+
+def imported_metadata(ckpt: Checkpoint) -> dict[str, str] | None:
+    """The safetensors header metadata a store kept from its import (one file only)."""
+    imported = ckpt.attrs.get("import", {})
+    return imported.get("safetensors_metadata") if isinstance(imported, dict) else None
+
+
+class DenseExporter(Exporter):
+    """Every tensor dense (quantized ones dequantized) as safetensors shards."""
+
+    name = "dense"
+
+    def write(self, ckpt: Checkpoint, dest: Path, streams: ByteStreams, *, dtype: str,
+              max_shard_size: int) -> list[Path]:
+        out = [dense_tensor(s, dtype, streams) for s in ckpt.sources]
+        return write_shards(dest, out, max_shard_size, imported_metadata(ckpt))

@@ -1,0 +1,189 @@
+"""``compress_model``: claim the output, prepare the run, hand it to an executor,
+fold the statistics and write the results."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import kernels as K
+from ..config import CompressionConfig
+from ..errors import EmptyModel
+from ..formats.base import AUX_DIR, MASK_GROUP, TENSOR_ORDER_ATTR, stored_nbytes
+from ..formats.memory import MemorySink
+from ..formats.sidecar import copy_aux
+from ..formats.zarr import ZarrSink
+from ..result import CompressionResult, WeightTensor
+from ..safety import RUN_ATTR, check_apart, claim_output
+from ..stats import StageStats
+from .io import _Progress
+from .local import LocalExecutor
+from .options import EngineOptions
+from .plan import Run, _check_resume, _prepare, load_sources
+
+__all__ = ["compress_model"]
+
+log = logging.getLogger("streamcompress")
+
+
+def _versions() -> dict[str, str]:
+    import numba
+    import zarr
+
+    from .._version import __version__
+
+    return {"streamcompress": __version__, "numpy": np.__version__, "numba": numba.__version__,
+            "zarr": zarr.__version__, "python": platform.python_version()}
+
+
+def compress_model(
+    tensors: Any,
+    config: CompressionConfig,
+    *,
+    output: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    options: EngineOptions | None = None,
+    executor: Any = None,
+) -> CompressionResult:
+    """Run ``config`` over ``tensors``, streaming block by block.
+
+    Parameters
+    ----------
+    tensors : path of a Zarr v3 group, an open zarr Group, a mapping
+        ``name -> array``, ``(name, array)`` pairs, or ``WeightTensor`` objects.
+    config : the pipeline.
+    output : path of a new Zarr group to write; ``None`` keeps results in
+        memory (``result.compressed_tensors``, ``result.arrays``).
+    overwrite : replace an existing ``output``.
+    resume : continue an interrupted run into ``output``: tensors marked
+        complete (same input tensor, same pipeline) are kept, others redone;
+        a different input or pipeline is refused.
+    options : engine options (memory budget, NaN policy, progress, ...).
+    executor : where the work runs: ``None`` for this process
+        (:class:`LocalExecutor`), or a ``streamcompress.distributed.DaskExecutor``
+        for a Dask cluster. The output is the same byte for byte.
+
+    Raises
+    ------
+    EmptyModel, EmptyPipeline, InvalidPercentile, PruningError
+        in the seed's order, before any work or output is made.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = compress_model({"w": np.arange(1, 5, dtype=np.float32)},
+    ...                    CompressionConfig.prune_only(0.5))
+    >>> r.compressed_tensors[0].data.tolist()
+    [0.0, 0.0, 3.0, 4.0]
+    """
+    options = options or EngineOptions()
+    in_paths = [tensors] if isinstance(tensors, (str, os.PathLike)) else []
+    if output is not None:
+        check_apart(in_paths, output)  # before anything is read or made
+    sources = load_sources(tensors, options.missing_chunks)
+    if not sources:
+        raise EmptyModel()
+    metas = [s.meta for s in sources]
+    skip = config.check(metas)
+    for src, sk in zip(sources, skip):
+        if sk and not src.is_float:
+            log.warning("tensor '%s' (%s) is not a float tensor: copied unchanged", src.meta.name,
+                        src.logical_dtype)
+    K.check_threading_layer()
+    run = _prepare(sources, config, skip, options)
+    executor = executor or LocalExecutor()
+    executor.check(run, tensors, output)  # (a cluster is reached here, before the output is made)
+    if output is None:
+        return _compress(run, tensors, MemorySink(), executor, False)
+    try:
+        with claim_output(output, in_paths, command="compress", overwrite=overwrite, resume=resume) as out:
+            record = {"command": "compress", "pipeline_fingerprint": run.pipeline_fp,
+                      "input_fingerprint": run.input_fp, "status": "running"}
+            sink = ZarrSink(out, overwrite=overwrite, codec=options.codec, resume=resume, run_record=record)
+            if sink.resumed:
+                _check_resume(sink, run.pipeline_fp, run.input_fp)
+                sink.set_run_record(record)
+            return _compress(run, tensors, sink, executor, sink.resumed, out)
+    finally:
+        executor.close()
+
+
+def _compress(run: Run, tensors: Any, sink: MemorySink | ZarrSink, executor: Any, resuming: bool,
+              output: str | os.PathLike | None = None) -> CompressionResult:
+    """The body of :func:`compress_model` once the output is claimed and made."""
+    sources, config, options = run.sources, run.config, run.options
+    progress = _Progress(options.progress, run.total_bytes)
+    done: dict[int, tuple[list[StageStats], dict[str, Any]]] = {}
+    try:
+        for gi, state in enumerate(run.states):
+            for p in range(state.n_passes if state is not None else 0):
+                executor.global_pass(run, gi, p, progress)
+                state.end_pass(p)
+        resumed: dict[int, dict[str, Any]] = {}
+        for i, (src, pipe) in enumerate(zip(sources, run.pipelines)):
+            rec = sink.completed(src.meta.name) if resuming else None
+            if rec is not None and rec.get("input_fingerprint") == run.input_fps[i]:
+                resumed[i] = rec
+                done[i] = ([StageStats.from_dict(d) for d in rec["stages"]], rec)
+                progress.update((pipe.n_sweeps if pipe else 1) * stored_nbytes(src))
+                log.info("kept %s (complete in the earlier run)", src.meta.name)
+        if run.want_masks and sink.persistent:
+            sink.create_group(MASK_GROUP)
+        for i, stats, info in executor.tensors(run, resumed, sink, progress):
+            done[i] = (stats, info)
+    finally:
+        progress.close()
+        executor.close()
+
+    totals = [StageStats.empty(s.name) for s in config.stages]
+    tensor_stats: dict[str, dict[str, Any]] = {}
+    for i, src in enumerate(sources):  # folded in model order: the same sums however tensors ran
+        stats, info = done[i]
+        totals = [t.merge(s) for t, s in zip(totals, stats)]
+        tensor_stats[src.meta.name] = info
+    pipeline_fp, input_fp = run.pipeline_fp, run.input_fp
+    names = [s.meta.name for s in sources]
+    result = CompressionResult(
+        stage_stats=totals,
+        tensor_names=names,
+        total_params=sum(s.meta.size for s in sources),
+        total_nonzero=totals[-1].nonzero_params_after,
+        tensor_stats=tensor_stats,
+    )
+    final_attrs: dict[str, Any] = {}
+    if sink.persistent:
+        result.stored_bytes = sum(t["stored_bytes"] for t in tensor_stats.values())
+        if isinstance(tensors, (str, os.PathLike)):
+            copy_aux(tensors, Path(output) / AUX_DIR)  # config.json, tokenizer files, ...
+        # one write: the results and the run's completion together
+        final_attrs[RUN_ATTR] = {"command": "compress", "pipeline_fingerprint": pipeline_fp,
+                                 "input_fingerprint": input_fp, "status": "complete"}
+    sink.finish({
+        **final_attrs,
+        TENSOR_ORDER_ATTR: names,
+        "streamcompress": {
+            "pipeline": config.to_dict(),
+            "options": {k: v for k, v in asdict(options).items() if k in ("nonfinite", "codec")},
+            "versions": _versions(),
+            "input": {
+                "path": str(tensors) if isinstance(tensors, (str, os.PathLike)) else None,
+                "fingerprint": input_fp,
+            },
+            "result": result.to_dict()["summary"],
+            "stages": [s.to_dict() for s in totals],
+        },
+    })
+    if not sink.persistent:
+        result.arrays = sink.arrays
+        for n in names:
+            result.compressed_tensors.append(WeightTensor(n, sink.arrays[n]))
+            if f"{MASK_GROUP}/{n}" in sink.arrays:
+                result.masks[n] = sink.arrays[f"{MASK_GROUP}/{n}"]
+    return result

@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 from .errors import OutputBusy, OutputExists, UnsafePath
 
 __all__ = ["RUN_ATTR", "EXPORT_MARKER", "bad_member_name", "real_path", "check_apart", "written_by_us",
-           "replaceable", "claim_output", "aside", "put_in_place", "remove_output"]
+           "replaceable", "claim_output", "aside", "put_in_place", "remove_output", "fsync"]
 
 #: Group attribute every Zarr output of ours carries from the moment it exists:
 #: ``{"command": ..., "status": "running" | "complete", ...}``.
@@ -226,8 +226,10 @@ def aside(output: Path, tag: str = "partial") -> Path:
     return tmp
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync(path: Path) -> None:
+    """Make a file, or a directory's entries, durable."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
@@ -244,6 +246,6 @@ def put_in_place(tmp: Path, output: Path) -> None:
         old = aside(output, "old")
         os.rename(output, old)
     os.rename(tmp, output)
-    _fsync_dir(output.parent)
+    fsync(output.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -17,9 +17,8 @@ from ..formats import EXPORTERS, exporter, open_checkpoint
 from ..formats.base import AUX_DIR, TENSOR_ORDER_ATTR, TensorSource, stored_nbytes
 from ..formats.sidecar import copy_aux
 from ..formats.zarr import ZarrSink
-from ..formats.zarr.sink import fsync
 from ..layout import Block, output_chunks, plan_blocks
-from ..safety import EXPORT_MARKER, RUN_ATTR, aside, check_apart, claim_output, put_in_place
+from ..safety import EXPORT_MARKER, RUN_ATTR, aside, check_apart, claim_output, fsync, put_in_place
 from .io import _IO, _Progress
 from .options import EngineOptions, check_stop
 from .tools import _to_dtype

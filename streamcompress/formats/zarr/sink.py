@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from ...errors import InvalidStore, OutputError, OutputExists
-from ...safety import RUN_ATTR, aside, remove_output
+from ...safety import RUN_ATTR, aside, fsync, remove_output
 from .direct import ChunkWriter
 from .reader import open_group
 
-__all__ = ["ZarrSink", "fsync"]
+__all__ = ["ZarrSink"]
 
 
 class ZarrSink:
@@ -140,12 +140,3 @@ class ZarrSink:
         self.group.attrs.update(attrs)
         for f in (self.path / "zarr.json", self.path):
             fsync(f)
-
-
-def fsync(path: Path) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

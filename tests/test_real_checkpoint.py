@@ -63,10 +63,10 @@ def test_minilm_import_compress_export_reload(tmp_path, capsys):
     cfg = json.loads((ct / "config.json").read_text())
     assert cfg["model_type"] == "bert"
     qc = cfg["quantization_config"]
-    assert qc["format"] == "int-quantized" and qc["config_groups"]["group_0"]["weights"]["strategy"] == "channel"
+    assert qc["format"] == "pack-quantized" and qc["config_groups"]["group_0"]["weights"]["strategy"] == "channel"
     with safe_open(ct / "model.safetensors", "np") as f:
         w = "encoder.layer.0.attention.self.query.weight"
-        assert f.get_tensor(w).dtype == np.int8
+        assert f.get_tensor(w + "_packed").dtype == np.int32 and f.get_tensor(w + "_packed").shape == (384, 96)
         assert f.get_tensor(w + "_scale").shape == (384, 1)
     assert (ct / "tokenizer.json").exists() and (ct / "1_Pooling" / "config.json").exists()
 

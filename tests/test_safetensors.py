@@ -166,57 +166,6 @@ def test_bad_index(tmp_path, rng, capsys):
         assert not (tmp_path / "o.zarr").exists()
 
 
-def ct_read(folder, name):
-    """A compressed-tensors int-quantized reader written from the format's description:
-    weight = (weight - weight_zero_point) * weight_scale, broadcast per strategy."""
-    cfg = json.loads((folder / "config.json").read_text())["quantization_config"]
-    assert cfg["format"] == "int-quantized" and cfg["quant_method"] == "compressed-tensors"
-    with safe_open(folder / "model.safetensors", "np") as f:
-        keys = set(f.keys())
-        q = f.get_tensor(name).astype(np.int32)
-        s = f.get_tensor(name + "_scale").astype(np.float32)
-        z = f.get_tensor(name + "_zero_point").astype(np.int32) if name + "_zero_point" in keys else 0
-    if s.ndim == 2 and s.shape[1] not in (1, q.shape[1]):  # group strategy
-        g = -(-q.shape[1] // s.shape[1])
-        s = np.repeat(s, g, axis=1)[:, : q.shape[1]]
-        z = np.repeat(z, g, axis=1)[:, : q.shape[1]] if np.ndim(z) else z
-    return ((q - z).astype(np.float32) * s).astype(np.float32)
-
-
-@pytest.mark.parametrize("scheme, strategy", [("int8", "tensor"), ("int8:channel", "channel"),
-                                              ("int8_asym:group:8", "group"), ("q8_0", None)])
-def test_compressed_tensors_export_reads_back_like_restore(tmp_path, rng, scheme, strategy):
-    t = {"model.layers.0.mlp.up_proj.weight": heavy_tailed(rng, (24, 64)),
-         "model.layers.0.self_attn.q_proj.weight": heavy_tailed(rng, (16, 64)),
-         "model.norm.weight": heavy_tailed(rng, (64,)), "lm_head.weight": heavy_tailed(rng, (10, 64))}
-    save_file(t, tmp_path / "m.safetensors")
-    (tmp_path / "config.json").write_text("{}")
-    cfg = sc.CompressionConfig((sc.Prune(sc.PruningConfig(0.5)), sc.Quantize(scheme)), skip_1d=True,
-                               ignore=("lm_head.*",))
-    sc.compress_store(tmp_path / "m.safetensors", tmp_path / "c.zarr", cfg)
-    export_checkpoint(tmp_path / "c.zarr", tmp_path / "ct", fmt="compressed-tensors")
-    sc.restore(tmp_path / "c.zarr", tmp_path / "r.zarr")
-    r = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")
-    for name in ("model.layers.0.mlp.up_proj.weight", "model.layers.0.self_attn.q_proj.weight"):
-        assert (ct_read(tmp_path / "ct", name).view(np.uint32) == r[name][...].view(np.uint32)).all()
-    qc = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
-    group = qc["config_groups"]["group_0"]["weights"]
-    assert group["num_bits"] == 8 and group["strategy"] == (strategy or "group")
-    assert "lm_head" in qc["ignore"]
-    with safe_open(tmp_path / "ct" / "model.safetensors", "np") as f:
-        assert f.get_tensor("model.layers.0.mlp.up_proj.weight").dtype == np.int8
-        assert f.get_tensor("model.norm.weight").dtype == np.float32
-
-
-def test_compressed_tensors_rejects_int4(tmp_path, rng, capsys):
-    save_file({"a.weight": heavy_tailed(rng, (4, 32))}, tmp_path / "m.safetensors")
-    sc.compress_store(tmp_path / "m.safetensors", tmp_path / "c.zarr",
-                      sc.CompressionConfig((sc.Quantize("int4:group:32"),)))
-    assert main(["export", str(tmp_path / "c.zarr"), str(tmp_path / "o"), "--format", "compressed-tensors"]) == 1
-    assert "8-bit" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
-
-
 def test_only_checkpoint_files_are_carried_along(tmp_path, rng):
     """A single file's directory may hold anything (a Downloads folder, the output
     itself): only the known config/tokenizer/model-code files are copied."""

@@ -205,8 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dtype", choices=["keep", "float32", "float16", "bfloat16"], default="keep",
                     help="dtype of dense tensors (keep: as stored; quantized ones become float32)")
     ex.add_argument("--format", choices=["dense", "compressed-tensors"], default="dense", dest="fmt",
-                    help="compressed-tensors: int8 codes + weight_scale (+ weight_zero_point) and a "
-                         "quantization_config in config.json")
+                    help="compressed-tensors: int weights pack-quantized (weight_packed, weight_scale, "
+                         "weight_shape) with a quantization_config in config.json, as llm-compressor writes "
+                         "them (loads in transformers and vLLM); dense: plain safetensors")
     ex.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest shard (default 5GB)")
     ex.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     _add_missing_flag(ex)

@@ -105,13 +105,13 @@ def export_checkpoint(
     overwrite: bool = False,
     options: EngineOptions | None = None,
 ) -> list[Path]:
-    """Write a store as safetensors shards (+ index json) into directory ``dest``.
+    """Write a store into directory ``dest`` with a registered exporter (``formats.EXPORTERS``).
 
-    ``fmt="dense"``: every tensor dense (quantized ones dequantized), in its own
-    dtype (``keep``; float32 for quantized) or cast to ``dtype``.
-    ``fmt="compressed-tensors"``: int8 tensors as ``W`` (I8), ``W_scale``,
-    ``W_zero_point`` and a ``quantization_config`` (``format: int-quantized``)
-    in ``config.json``; the rest dense. Non-tensor files are copied.
+    ``fmt="dense"``: safetensors shards, every tensor dense (quantized ones
+    dequantized), in its own dtype (``keep``; float32 for quantized) or cast to
+    ``dtype``. ``fmt="compressed-tensors"``: int weights ``pack-quantized`` with a
+    ``quantization_config`` in ``config.json``, the rest dense (see
+    ``formats.compressed_tensors``). Non-tensor files are copied.
     """
     options = options or EngineOptions()
     if fmt not in EXPORT_FORMATS:

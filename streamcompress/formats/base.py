@@ -76,7 +76,7 @@ class TensorSource:
 
     #: blocks that split the last axis must split it at multiples of this
     block_multiple: int = 1
-    #: stored as codes + scales (``quantization`` says how; ``parts`` / ``part_stream`` give them raw)
+    #: stored as codes + scales (``quantization`` says how; ``parts`` / ``part_blocks`` give them raw)
     quantized: bool = False
 
     @property

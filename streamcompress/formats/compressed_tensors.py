@@ -1,31 +1,85 @@
-"""compressed-tensors (the format llm-compressor writes and vLLM serves) out.
+"""compressed-tensors out: the format llm-compressor writes and vLLM serves.
 
-8-bit int schemes only here: quantized weights as ``W`` (I8), ``W_scale`` and
-``W_zero_point``, with a ``quantization_config`` (``format: int-quantized``) in
-``config.json``; every other tensor dense (``safetensors.dense_tensor``).
+Int weights (every int scheme, 4 and 8 bits, symmetric or not, per tensor,
+channel or group; q8_0 as int8 groups of 32) are written as compressed-tensors'
+own ``pack-quantized`` compressor writes them (``PackedQuantizationCompressor``,
+compressed-tensors 0.20), tensor for tensor:
+
+- ``M.weight_packed``: int32 words, each holding ``32 / bits`` consecutive
+  values of a row, least-significant bits first, values offset to unsigned
+  (``q + 2**(bits-1)`` in compressed-tensors' signed range); rows padded with
+  zeros to whole words;
+- ``M.weight_scale``: float32, shape ``(1,)``, ``(rows, 1)`` or ``(rows, groups)``;
+- ``M.weight_shape``: int64 ``[rows, cols]``;
+- ``M.weight_zero_point`` (asymmetric only): for channel and group strategies
+  packed the same way down the rows (``ceil(rows * bits / 32)`` words per
+  column), for the tensor strategy one int8.
+
+The streamcompress codes map to compressed-tensors' signed range without
+arithmetic: a 4-bit stored nibble (``q + 8`` symmetric, ``q`` asymmetric) is
+exactly the unsigned value, so 4-bit rows are their stored bytes, and 8-bit
+rows are their bytes with the top bit flipped. ``config.json`` gets a
+``quantization_config`` with one config group per scheme (``targets:
+["Linear"]`` and an ``ignore`` list when one scheme covers every quantized
+weight, module names otherwise), each with ``format: pack-quantized``.
+Every other tensor is written dense (``safetensors.dense_tensor``).
 """
 
 from __future__ import annotations
 
 import json
-import re
+import math
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import numpy as np
 
 from ..errors import ConfigError
-from .base import ByteStreams, Checkpoint, Exporter, OutTensor
+from .base import ByteStreams, Checkpoint, Exporter, OutTensor, TensorSource
 from .safetensors import dense_tensor, imported_metadata, out_tensor, write_shards
 
-__all__ = ["CompressedTensorsExporter"]
+__all__ = ["CompressedTensorsExporter", "CT_FORMAT_VERSION", "pack_rows", "pack_columns"]
 
-#: numpy dtype of a stored part -> safetensors dtype
-_ST = {"int8": "I8", "uint8": "U8", "float16": "F16", "float32": "F32"}
+#: the compressed-tensors release whose on-disk format this writes (and is tested against)
+CT_FORMAT_VERSION = "0.20.1"
 
 
-def _ct_scheme(q: dict[str, Any]) -> dict[str, Any]:
-    return {"num_bits": 8, "type": "int", "symmetric": bool(q["symmetric"]), "strategy": q["granularity"],
-            "group_size": q["group_size"], "dynamic": False, "observer": "minmax", "block_structure": None,
-            "actorder": None}
+def _unsigned(q: dict[str, Any], values: np.ndarray) -> np.ndarray:
+    """Stored codes (or zero points) -> compressed-tensors' unsigned packing values (uint8).
+
+    8-bit: ``q + 128`` (the byte with its top bit flipped); 4-bit: the nibble as stored
+    (symmetric codes are stored ``q + 8``; asymmetric ones, 0..15, are ``q_ct + 8``)."""
+    if q["bits"] == 8:
+        return values.astype(np.int8, copy=False).view(np.uint8) ^ np.uint8(0x80)
+    return values.astype(np.uint8, copy=False)
+
+
+def pack_rows(rows: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned values ``(r, cols)`` (uint8) -> int32 words ``(r, ceil(cols * bits / 32))``,
+    ``32 // bits`` values per word, the first in the lowest bits (4 and 8 bits)."""
+    r, cols = rows.shape
+    per = 32 // bits
+    words = -(-cols // per)
+    u = np.zeros((r, words * per), np.uint32)
+    u[:, :cols] = rows
+    shifts = (np.arange(per, dtype=np.uint32) * np.uint32(bits))
+    return (u.reshape(r, words, per) << shifts).sum(axis=2, dtype=np.uint32).view(np.int32)
+
+
+def pack_columns(values: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned ``(rows, g)`` -> int32 ``(ceil(rows * bits / 32), g)``: packed down the rows."""
+    return np.ascontiguousarray(pack_rows(np.ascontiguousarray(values.T), bits).T)
+
+
+def _scheme(q: dict[str, Any]) -> dict[str, Any]:
+    """The config group's ``weights`` entry (the keys compressed-tensors writes)."""
+    return {"dynamic": False, "group_size": q["group_size"], "num_bits": int(q["bits"]),
+            "strategy": q["granularity"], "symmetric": bool(q["symmetric"]), "type": "int"}
+
+
+def _module(name: str) -> str:
+    return name[: -len(".weight")]
 
 
 class CompressedTensorsExporter(Exporter):
@@ -33,40 +87,88 @@ class CompressedTensorsExporter(Exporter):
 
     def write(self, ckpt: Checkpoint, dest: Path, streams: ByteStreams, *, dtype: str,
               max_shard_size: int) -> list[Path]:
+        if sys.byteorder != "little":  # (words are written as their little-endian bytes)
+            raise ConfigError("compressed-tensors export needs a little-endian machine")
         out: list[OutTensor] = []
         groups: dict[str, dict[str, Any]] = {}
-        ignore: list[str] = []
+        float_linear: list[str] = []
         for s in ckpt.sources:
             name = s.meta.name
             if not s.quantized:
                 out.append(dense_tensor(s, dtype, streams))
                 if name.endswith(".weight") and s.meta.ndim == 2:
-                    ignore.append(name[: -len(".weight")])
+                    float_linear.append(_module(name))
                 continue
             q = s.quantization
-            if q["bits"] != 8:
-                raise ConfigError(f"compressed-tensors int-quantized export needs 8-bit schemes; '{name}' "
-                                  f"is {q['scheme']} (export it dense, or quantize with int8)")
-            if not name.endswith(".weight"):
-                raise ConfigError(f"compressed-tensors names quantized weights '<module>.weight'; got '{name}'")
-            for part, suffix in (("codes", ""), ("scale", "_scale"), ("zero_point", "_zero_point")):
-                if part in s.parts():
-                    shape, dt = s.parts()[part]
-                    out.append(out_tensor(name + suffix, _ST[dt.name], shape,
-                                          s.part_stream(part, streams.block_elems)))
-            key = json.dumps(_ct_scheme(q), sort_keys=True)
-            groups.setdefault(key, {"targets": [], "weights": _ct_scheme(q)})
-            groups[key]["targets"].append("re:^" + re.escape(name[: -len(".weight")]) + "$")
+            if s.meta.ndim != 2 or not name.endswith(".weight"):
+                raise ConfigError(f"compressed-tensors quantizes Linear weights (2-D '<module>.weight'); "
+                                  f"'{name}' has shape {list(s.meta.shape)}: leave it float (--skip-1d, "
+                                  "--ignore) or export dense")
+            out += self._quantized(s, q, streams.block_elems)
+            key = json.dumps(_scheme(q), sort_keys=True)
+            groups.setdefault(key, {"weights": _scheme(q), "modules": []})["modules"].append(_module(name))
         paths = write_shards(dest, out, max_shard_size, imported_metadata(ckpt))
+        self._config(dest, list(groups.values()), float_linear)
+        return paths
+
+    @staticmethod
+    def _quantized(s: TensorSource, q: dict[str, Any], block_elems: int) -> list[OutTensor]:
+        name, (rows, cols) = s.meta.name, s.meta.shape
+        bits = int(q["bits"])
+        words = math.ceil(cols * bits / 32)
+
+        def packed() -> Iterator[bytes]:
+            codes_cols = s.parts()["codes"][0][-1]
+            for codes in s.part_blocks("codes", max(block_elems, codes_cols)):  # (whole rows)
+                yield _pad_words(_unsigned(q, codes) if bits == 8 else codes, words)
+
+        scale_shape = s.parts()["scale"][0]
+        t = [out_tensor(name + "_packed", "I32", (rows, words), packed),
+             out_tensor(name + "_scale", "F32", scale_shape,
+                        lambda: (np.asarray(b, np.float32).tobytes() for b in s.part_blocks("scale", block_elems))),
+             out_tensor(name + "_shape", "I64", (2,), lambda: iter([np.array([rows, cols], np.int64).tobytes()]))]
+        if not q["symmetric"]:
+            zp = np.concatenate([b.reshape(-1) for b in s.part_blocks("zero_point", block_elems)]).reshape(
+                scale_shape)
+            if q["granularity"] == "tensor":  # one value, not packed, in the signed range
+                z = (zp.astype(np.int16) - (8 if bits == 4 else 0)).astype(np.int8)
+                t.append(out_tensor(name + "_zero_point", "I8", z.shape, lambda: iter([z.tobytes()])))
+            else:
+                packed_zp = pack_columns(_unsigned(q, zp.reshape(rows, -1)), bits)
+                t.append(out_tensor(name + "_zero_point", "I32", packed_zp.shape,
+                                    lambda: iter([packed_zp.tobytes()])))
+        return t
+
+    @staticmethod
+    def _config(dest: Path, groups: list[dict[str, Any]], float_linear: list[str]) -> None:
         cfg_path = dest / "config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        one = len(groups) == 1
+        config_groups = {
+            f"group_{i}": {"format": "pack-quantized", "input_activations": None, "output_activations": None,
+                           "targets": ["Linear"] if one else g["modules"], "weights": g["weights"]}
+            for i, g in enumerate(groups)}
         cfg["quantization_config"] = {
+            "config_groups": config_groups,
+            "format": "pack-quantized" if groups else "dense",
+            "global_compression_ratio": None,
+            "ignore": float_linear,
+            "kv_cache_scheme": None,
+            "moe_sparsity_config": None,
             "quant_method": "compressed-tensors",
-            "format": "int-quantized",
             "quantization_status": "compressed",
-            "config_groups": {f"group_{i}": {**g, "input_activations": None, "output_activations": None}
-                              for i, g in enumerate(groups.values())},
-            "ignore": ignore,
+            "sparsity_config": {},
+            "transform_config": {},
+            "version": CT_FORMAT_VERSION,
         }
-        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-        return paths
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def _pad_words(rows: np.ndarray, words: int) -> bytes:
+    """Rows of unsigned bytes that are already the little-endian bytes of their
+    int32 words (8-bit values one a byte; 4-bit rows as stored, two nibbles a
+    byte, the first low), padded with zeros to ``words`` words each."""
+    r, nbytes = rows.shape
+    out = np.zeros((r, words * 4), np.uint8)
+    out[:, :nbytes] = rows
+    return out.tobytes()

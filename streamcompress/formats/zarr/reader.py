@@ -14,7 +14,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -213,20 +213,17 @@ class QuantizedSource(TensorSource):
         arrays = {"codes": self.codes, "scale": self.scale, "zero_point": self.zero_point}
         return {k: (tuple(int(d) for d in a.shape), np.dtype(a.dtype)) for k, a in arrays.items() if a is not None}
 
-    def part_stream(self, part: str, max_elems: int):
-        """A stored part's raw bytes in C order, block by block (a ``Stream``)."""
+    def part_blocks(self, part: str, max_elems: int) -> Iterator[np.ndarray]:
+        """A stored part (``codes``, ``scale``, ``zero_point``) block by block, in C order
+        (blocks of whole rows when a row fits in ``max_elems``)."""
         arr = {"codes": self.codes, "scale": self.scale, "zero_point": self.zero_point}[part]
-
-        def stream():
-            shape = tuple(arr.shape)
-            if not shape:
-                yield np.ascontiguousarray(read_region(arr, (), self.meta.name, part, self.missing)).tobytes()
-                return
-            for b in plan_blocks(shape, max_elems, tuple(arr.chunks)):
-                data = read_region(arr, b.region, self.meta.name, f"{part} block {b.index}", self.missing)
-                yield np.ascontiguousarray(data).tobytes()
-
-        return stream
+        shape = tuple(arr.shape)
+        if not shape:
+            yield np.ascontiguousarray(read_region(arr, (), self.meta.name, part, self.missing))
+            return
+        for b in plan_blocks(shape, max_elems, tuple(arr.chunks)):
+            yield np.ascontiguousarray(read_region(arr, b.region, self.meta.name, f"{part} block {b.index}",
+                                                   self.missing))
 
     def _get(self, array: Any, region: Any, block: Block) -> np.ndarray:
         return read_region(array, region, self.meta.name, f"block {block.index}", self.missing)

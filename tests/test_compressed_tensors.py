@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(MODEL is None, reason="all-MiniLM-L6-v2 comes wi
 #: its own exports included; compressed-tensors' decompressor reads them)
 SCHEMES = {"int8:channel": True, "int4:group:32": True, "int8:tensor": True, "int4:channel": True,
            "q8_0": True, "int8:group:64": True, "int8_asym:tensor": True,
-           "int8_asym:channel": False, "int4_asym:group:32": False}
+           "int8_asym:channel": False, "int4_asym:group:32": False, "fp8:channel": True, "fp8:tensor": True}
 QUANTIZED = ["--ignore", "*embeddings*", "--skip-1d"]
 
 
@@ -108,24 +108,27 @@ def test_export_is_what_compressed_tensors_itself_writes(made, scheme):
         assert torch.equal(t, want.to(t.dtype)), k
     # the config: one group, pack-quantized, every float Linear ignored, as llm-compressor writes it
     (group,) = qc.config_groups.values()
-    assert qc.format == group.format == "pack-quantized" and qc.quantization_status == "compressed"
+    fmt = "float-quantized" if scheme.startswith("fp8") else "pack-quantized"
+    assert qc.format == group.format == fmt and qc.quantization_status == "compressed"
     assert group.targets == ["Linear"] and "embeddings.word_embeddings" in qc.ignore
 
 
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_compressed_tensors_decompresses_to_restore(made, scheme):
-    from compressed_tensors.compressors import PackedQuantizationCompressor
+    from compressed_tensors.compressors import BaseCompressor
     from compressed_tensors.quantization import QuantizationConfig
 
     store, ct, _, restored = made(scheme)
     qc = QuantizationConfig.model_validate(json.loads((ct / "config.json").read_text())["quantization_config"])
     (scheme_ct,) = qc.config_groups.values()
+    compressor = BaseCompressor.get_value_from_registry(scheme_ct.format)  # its own, by the format we wrote
     ours = _tensors(ct)
     r = zarr.open_group(str(restored), mode="r")
-    for k in [k for k in ours if k.endswith(".weight_packed")]:
-        mod = k[: -len(".weight_packed")]
-        local = {n[len(mod) + 1:]: v for n, v in ours.items() if n.startswith(mod + ".weight_")}
-        w = PackedQuantizationCompressor.decompress(local, scheme_ct)["weight"]
+    mods = [k[: -len(".weight_scale")] for k in ours if k.endswith(".weight_scale")]
+    assert len(mods) == 37
+    for mod in mods:
+        local = {n[len(mod) + 1:]: v for n, v in ours.items() if n.startswith(mod + ".weight")}
+        w = compressor.decompress(local, scheme_ct)["weight"]
         assert torch.equal(w.to(torch.float32), torch.from_numpy(r[mod + ".weight"][...])), mod
 
 
@@ -152,8 +155,19 @@ def test_transformers_loads_the_export_with_every_weight(made, scheme):
     store, ct, dense, restored = made(scheme)
     model, info = AutoModel.from_pretrained(str(ct), output_loading_info=True)  # plain: no flags
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    cos = (_embed(model, TEXTS) * _embed(AutoModel.from_pretrained(str(dense)), TEXTS)).sum(1)
-    assert float(cos.min()) >= 0.99999
+    ref = _embed(AutoModel.from_pretrained(str(dense)), TEXTS)
+    cos = (_embed(model, TEXTS) * ref).sum(1)
+    if scheme.startswith("fp8"):
+        # float8 weights are FP8_DYNAMIC: the inputs of each Linear are quantized to float8 per
+        # token at run time too, as vLLM runs them; with the weights dequantized at load, the
+        # model is the dense export's
+        from transformers import CompressedTensorsConfig
+
+        assert float(cos.min()) >= 0.998
+        deq = AutoModel.from_pretrained(str(ct), quantization_config=CompressedTensorsConfig(dequantize=True))
+        assert float((_embed(deq, TEXTS) * ref).sum(1).min()) >= 0.99999
+    else:
+        assert float(cos.min()) >= 0.99999
     # the first forward decompressed every quantized Linear: exactly restore's weights
     r = zarr.open_group(str(restored), mode="r")
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]

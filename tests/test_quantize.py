@@ -171,3 +171,57 @@ def test_prune_half_int8_channel_is_at_most_030_of_input_on_disk(tmp_path):
     ratio = on_disk(tmp_path / "o.zarr") / on_disk(src)
     assert ratio <= 0.30, ratio
     assert r.bits_per_weight() < 0.30 * 32
+
+
+def _e4m3_cases(rng):
+    import ml_dtypes
+
+    ref = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    fin = ref[np.isfinite(ref)]
+    pos = np.sort(fin[fin > 0])
+    mids = ((pos[:-1].astype(np.float64) + pos[1:]) / 2).astype(np.float32)  # exact ties
+    return np.concatenate([
+        rng.standard_normal(50000).astype(np.float32) * 100, rng.standard_normal(50000).astype(np.float32) * 1e-3,
+        fin, mids, -mids, np.nextafter(mids, np.float32(0)), np.nextafter(mids, np.float32(1e3)),
+        np.array([0.0, -0.0, 448, -448, 447.9, 1e-12, -1e-12, 2.0 ** -10, 3 * 2.0 ** -10, 1e-45, -1e-45], np.float32)])
+
+
+def test_fp8_codes_are_ml_dtypes_e4m3_bit_for_bit(rng):
+    """Round to nearest even, ties and subnormals and the sign of zero as ml_dtypes (and torch) cast."""
+    import ml_dtypes
+
+    from streamcompress import kernels as K
+
+    x = np.clip(_e4m3_cases(rng), -448, 448).astype(np.float32)
+    codes, y = np.empty(x.size, np.uint8), x.copy()
+    K.quantize_units_fp8(y, 0, x.size, x.size, np.ones(1, np.float32), K.e4m3_values(), codes)
+    want = x.astype(ml_dtypes.float8_e4m3fn)
+    assert (codes == want.view(np.uint8)).all()
+    assert (y.view(np.uint32) == want.astype(np.float32).view(np.uint32)).all()
+
+
+@pytest.mark.parametrize("scheme", ["fp8:channel", "fp8:tensor", "fp8:group:32"])
+def test_fp8_scheme_stores_e4m3_of_x_over_absmax_scale_and_restores_it(tmp_path, rng, scheme):
+    import ml_dtypes
+
+    w = (rng.standard_t(3, (40, 96)) * 0.02).astype(np.float32)
+    w[3] = 0  # a zero unit: scale 0, codes 0
+    sc.compress_model({"w": w}, sc.CompressionConfig((Quantize(scheme),)), output=tmp_path / "f.zarr",
+                      options=sc.EngineOptions(block_elems=96 * 7))
+    g = zarr.open_group(str(tmp_path / "f.zarr"), mode="r")
+    a = np.abs(w)
+    amax = {"fp8:channel": a.max(1, keepdims=True), "fp8:tensor": a.max().reshape(1),
+            "fp8:group:32": a.reshape(40, 3, 32).max(2)}[scheme]
+    s = (amax / np.float32(448)).astype(np.float32)
+    assert (g["w_scale"][...].reshape(s.shape) == s).all() and g["w"].dtype == np.uint8
+    sb = np.repeat(s, 32, 1) if scheme.endswith(":32") else s
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = np.where(sb == 0, 0, np.clip(w / np.where(sb == 0, 1, sb), -448, 448)).astype(np.float32)
+    want = q.astype(ml_dtypes.float8_e4m3fn)
+    assert (g["w"][...] == want.view(np.uint8)).all()
+    assert g["w"].attrs["quantization"]["type"] == "float"
+    restore(tmp_path / "f.zarr", tmp_path / "r.zarr")
+    back = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")["w"][...]
+    assert (back == (want.astype(np.float32) * sb).astype(np.float32)).all()
+    v = verify(tmp_path / "f.zarr", tmp_path / "r.zarr")
+    assert v[""].sum_sq_err == 0

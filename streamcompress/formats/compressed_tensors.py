@@ -75,7 +75,12 @@ def pack_columns(values: np.ndarray, bits: int) -> np.ndarray:
 def _scheme(q: dict[str, Any]) -> dict[str, Any]:
     """The config group's ``weights`` entry (the keys compressed-tensors writes)."""
     return {"dynamic": False, "group_size": q["group_size"], "num_bits": int(q["bits"]),
-            "strategy": q["granularity"], "symmetric": bool(q["symmetric"]), "type": "int"}
+            "strategy": q["granularity"], "symmetric": bool(q["symmetric"]), "type": q.get("type", "int")}
+
+
+#: input activations of float8 weights: llm-compressor's FP8_DYNAMIC (per token, at run time)
+_FP8_INPUTS = {"dynamic": True, "group_size": None, "num_bits": 8, "strategy": "token", "symmetric": True,
+               "type": "float"}
 
 
 def _module(name: str) -> str:
@@ -104,12 +109,27 @@ class CompressedTensorsExporter(Exporter):
                 raise ConfigError(f"compressed-tensors quantizes Linear weights (2-D '<module>.weight'); "
                                   f"'{name}' has shape {list(s.meta.shape)}: leave it float (--skip-1d, "
                                   "--ignore) or export dense")
-            out += self._quantized(s, q, streams.block_elems)
-            key = json.dumps(_scheme(q), sort_keys=True)
-            groups.setdefault(key, {"weights": _scheme(q), "modules": []})["modules"].append(_module(name))
+            fp8 = q.get("type") == "float"
+            if fp8 and q["granularity"] not in ("channel", "tensor"):
+                raise ConfigError(f"compressed-tensors float8 weights are per channel or per tensor; '{name}' is "
+                                  f"{q['scheme']}: quantize with fp8:channel")
+            out += self._float8(s, streams.block_elems) if fp8 else self._quantized(s, q, streams.block_elems)
+            group = {"weights": _scheme(q), "input_activations": _FP8_INPUTS if fp8 else None,
+                     "format": "float-quantized" if fp8 else "pack-quantized"}
+            key = json.dumps(group, sort_keys=True)
+            groups.setdefault(key, {**group, "modules": []})["modules"].append(_module(name))
         paths = write_shards(dest, out, max_shard_size, imported_metadata(ckpt))
         self._config(dest, list(groups.values()), float_linear)
         return paths
+
+    @staticmethod
+    def _float8(s: TensorSource, block_elems: int) -> list[OutTensor]:
+        """float8 E4M3 weights as compressed-tensors' float-quantized: ``M.weight``
+        (F8_E4M3, the codes' bits as they are) and ``M.weight_scale`` (float32)."""
+        name = s.meta.name
+        return [out_tensor(name, "F8_E4M3", s.meta.shape, lambda: (b.tobytes() for b in s.part_blocks("codes", block_elems))),
+                out_tensor(name + "_scale", "F32", s.parts()["scale"][0],
+                           lambda: (np.asarray(b, np.float32).tobytes() for b in s.part_blocks("scale", block_elems)))]
 
     @staticmethod
     def _quantized(s: TensorSource, q: dict[str, Any], block_elems: int) -> list[OutTensor]:
@@ -145,12 +165,14 @@ class CompressedTensorsExporter(Exporter):
         cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
         one = len(groups) == 1
         config_groups = {
-            f"group_{i}": {"format": "pack-quantized", "input_activations": None, "output_activations": None,
-                           "targets": ["Linear"] if one else g["modules"], "weights": g["weights"]}
+            f"group_{i}": {"format": g["format"], "input_activations": g["input_activations"],
+                           "output_activations": None, "targets": ["Linear"] if one else g["modules"],
+                           "weights": g["weights"]}
             for i, g in enumerate(groups)}
+        formats = {g["format"] for g in groups}
         cfg["quantization_config"] = {
             "config_groups": config_groups,
-            "format": "pack-quantized" if groups else "dense",
+            "format": formats.pop() if len(formats) == 1 else ("mixed-precision" if formats else "dense"),
             "global_compression_ratio": None,
             "ignore": float_linear,
             "kv_cache_scheme": None,

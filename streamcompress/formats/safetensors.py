@@ -35,7 +35,7 @@ ST_DTYPES: dict[str, tuple[str, str]] = {
     "BF16": ("uint16", "bfloat16"), "I64": ("int64", "int64"), "I32": ("int32", "int32"),
     "I16": ("int16", "int16"), "I8": ("int8", "int8"), "U64": ("uint64", "uint64"),
     "U32": ("uint32", "uint32"), "U16": ("uint16", "uint16"), "U8": ("uint8", "uint8"),
-    "BOOL": ("bool", "bool"),
+    "BOOL": ("bool", "bool"), "F8_E4M3": ("uint8", "float8_e4m3fn"),
 }
 
 

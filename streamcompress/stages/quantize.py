@@ -3,6 +3,8 @@ which stores real integer codes and scales (schemes in ``schemes.py``)."""
 
 from __future__ import annotations
 
+import functools
+
 import math
 import re
 from dataclasses import dataclass, field
@@ -193,6 +195,12 @@ class Quantize(Stage):
         return cls(scheme, bool(conf.get("simulate", False)), tuple(tuple(o) for o in ov))
 
 
+@functools.cache
+def _e4m3() -> np.ndarray:
+    """float32 values of the 256 float8 E4M3 codes (a table the kernels index)."""
+    return K.e4m3_values()
+
+
 def _on_unit_boundary(f: int, L: int, g: int) -> bool:
     return (f % L) % g == 0
 
@@ -265,9 +273,13 @@ class _SchemeRunner(StageRunner):
             self._amax = max(self._amax, float(np.max(np.maximum(mx, -mn if mn is not None else mx))))
         else:
             used, inv, zp = (a[u0:u0 + k] for a in self._glob)
-        codes = np.empty(x.size, dtype=np.int8)  # (written as they are: no int8 copy)
-        K.quantize_units(x, block.start, self.L, self.g, used, inv, zp, self.s.qmin, self.s.qmax,
-                         self.s.reciprocal, codes)
+        if self.s.is_float:  # float8 E4M3 bit patterns
+            codes = np.empty(x.size, dtype=np.uint8)
+            K.quantize_units_fp8(x, block.start, self.L, self.g, used, _e4m3(), codes)
+        else:
+            codes = np.empty(x.size, dtype=np.int8)  # (written as they are: no int8 copy)
+            K.quantize_units(x, block.start, self.L, self.g, used, inv, zp, self.s.qmin, self.s.qmax,
+                             self.s.reciprocal, codes)
         if self.real:
             self._last = (block, codes, used, zp)
 

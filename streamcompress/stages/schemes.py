@@ -1,7 +1,8 @@
 """Quantization schemes: what a ``Quantize`` stage stores (see FORMAT.md).
 
 A scheme is ``NAME[:GRANULARITY[:GROUP_SIZE]]``, e.g. ``int8``,
-``int8:channel``, ``int4:group:64``, ``int8_asym:group:128``, ``q8_0``.
+``int8:channel``, ``int4:group:64``, ``int8_asym:group:128``, ``q8_0``,
+``fp8:channel`` (float8 E4M3 codes, scale ``absmax / 448``).
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ _NAMES = {
     "int4": (4, True, -7, 7),
     "int4_asym": (4, False, 0, 15),
     "q8_0": (8, True, -127, 127),
+    "fp8": (8, True, -448, 448),  # float8 E4M3 (e4m3fn): codes are its bit patterns
 }
+#: largest finite float8 E4M3 value
+FP8_MAX = 448.0
 SCHEME_NAMES = tuple(_NAMES)
 _DEFAULT_GRANULARITY = {"int8": "tensor", "int8_asym": "tensor", "int4": "group", "int4_asym": "group",
-                        "q8_0": "group"}
+                        "q8_0": "group", "fp8": "channel"}
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,11 @@ class QuantScheme:
         return _NAMES[self.name][3]
 
     @property
+    def is_float(self) -> bool:
+        """Codes are float8 E4M3 bit patterns (``fp8``), not integers."""
+        return self.name == "fp8"
+
+    @property
     def packed(self) -> bool:
         return self.bits == 4
 
@@ -133,7 +142,7 @@ class QuantScheme:
 
     @property
     def code_dtype(self) -> str:
-        return "uint8" if self.packed else "int8"
+        return "uint8" if self.packed or self.is_float else "int8"
 
     def scales_from_stats(self, mx: np.ndarray, mn: np.ndarray | None,
                           tensor: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -147,7 +156,7 @@ class QuantScheme:
                               "store an infinite scale; use --nonfinite zero, or --quantize int8 --simulate "
                               "(the seed's stage: the tensor turns NaN)")
         if self.symmetric:
-            s = (mx / np.float32(self.qmax)).astype(np.float32)
+            s = (mx / np.float32(self.qmax)).astype(np.float32)  # (fp8: absmax / 448, as compressed-tensors)
             zp = np.zeros(s.shape, dtype=np.int64)
         else:
             lo = np.minimum(mn.astype(np.float32), np.float32(0))
@@ -188,6 +197,7 @@ class QuantScheme:
             "group_size": self.group_size if eg is QuantGranularity.GROUP else None,
             "qmin": self.qmin, "qmax": self.qmax, "packed": self.packed,
             "scale_dtype": self.scale_dtype, "shape": list(shape), "dtype": "float32",
+            "type": "float" if self.is_float else "int",
             "scale": "_scale", "zero_point": None if self.symmetric else "_zero_point",
         }
 

@@ -252,9 +252,15 @@ class QuantizedSource(TensorSource):
         return self.read(block).reshape(block.shape)
 
     def read(self, block: Block) -> np.ndarray:
-        from ...kernels import dequantize_units, unpack_nibbles
+        from ...kernels import dequantize_units, dequantize_units_fp8, e4m3_values, unpack_nibbles
 
         shape = self.meta.shape
+        if self.q.get("type") == "float":  # float8 E4M3 codes (fp8)
+            codes = np.ascontiguousarray(self._get(self.codes, block.region if shape else (), block)).reshape(-1)
+            s, _ = self._scales(block)
+            out = np.empty(codes.size, dtype=np.float32)
+            dequantize_units_fp8(codes, block.start, self.L, self.g, s, e4m3_values(), out)
+            return out
         if self.q["packed"]:
             if shape:
                 last = block.region[-1]

@@ -212,3 +212,18 @@ def test_a_scheme_without_a_compressed_tensors_form_is_one_line(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Linear weights" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_sharded_export_loads_like_one_file(made, tmp_path):
+    from transformers import AutoModel
+
+    store, ct, _, _ = made("int4:group:32")
+    sharded = tmp_path / "sharded"
+    assert main(["export", str(store), str(sharded), "--format", "compressed-tensors", "--max-shard-size", "8MB",
+                 "-q"]) == 0
+    assert len(list(sharded.glob("model-*-of-*.safetensors"))) > 2 and (sharded / "model.safetensors.index.json").exists()
+    assert {k: v.dtype for k, v in _tensors(sharded).items()} == {k: v.dtype for k, v in _tensors(ct).items()}
+    model, info = AutoModel.from_pretrained(str(sharded), output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    one = AutoModel.from_pretrained(str(ct))
+    assert torch.equal(_embed(model, TEXTS), _embed(one, TEXTS))

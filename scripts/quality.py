@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never reach
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-SCHEMES = ["int8", "int8:channel", "int4:group:32"]
+SCHEMES = ["int8", "int8:channel", "int4:group:32", "fp8:channel"]
 
 
 def minilm_dir() -> Path:

@@ -29,12 +29,14 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from .errors import OutputBusy, OutputExists, UnsafePath
 
 __all__ = ["RUN_ATTR", "EXPORT_MARKER", "bad_member_name", "real_path", "check_apart", "written_by_us",
-           "replaceable", "claim_output", "aside", "put_in_place", "remove_output", "fsync"]
+           "replaceable", "claim_output", "aside", "put_in_place", "build_aside", "remove_output", "fsync"]
+
+T = TypeVar("T")
 
 #: Group attribute every Zarr output of ours carries from the moment it exists:
 #: ``{"command": ..., "status": "running" | "complete", ...}``.
@@ -249,3 +251,16 @@ def put_in_place(tmp: Path, output: Path) -> None:
     fsync(output.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def build_aside(output: Path, build: Callable[[Path], T]) -> T:
+    """``build(tmp)`` into a fresh path beside ``output``, then :func:`put_in_place`;
+    on any failure (a kill leaves it for the next claim) the partial ``tmp`` is removed."""
+    tmp = aside(output)
+    try:
+        result = build(tmp)
+        put_in_place(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result

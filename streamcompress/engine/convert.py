@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,7 +17,7 @@ from ..formats.base import AUX_DIR, TENSOR_ORDER_ATTR, TensorSource, stored_nbyt
 from ..formats.sidecar import copy_aux
 from ..formats.zarr import ZarrSink
 from ..layout import Block, output_chunks, plan_blocks
-from ..safety import EXPORT_MARKER, RUN_ATTR, aside, check_apart, claim_output, fsync, put_in_place
+from ..safety import EXPORT_MARKER, RUN_ATTR, build_aside, check_apart, claim_output, fsync
 from .io import _IO, _Progress
 from .options import EngineOptions, check_stop
 from .tools import _to_dtype
@@ -60,14 +59,7 @@ def import_checkpoint(
     ckpt = open_checkpoint(src, options.missing_chunks)  # validates everything first
     info = ckpt.attrs.get("import") if isinstance(ckpt.attrs.get("import"), dict) else {"source": str(src)}
     with claim_output(store, [src], command="import", overwrite=overwrite) as out:
-        tmp = aside(out)
-        try:
-            names = _import_into(ckpt.sources, info, src, tmp, options)
-            put_in_place(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return names
+        return build_aside(out, lambda tmp: _import_into(ckpt.sources, info, src, tmp, options))
 
 
 def _import_into(sources: list[TensorSource], info: dict[str, Any], src: str | os.PathLike, path: Path,
@@ -123,8 +115,7 @@ def export_checkpoint(
     check_apart([store], dest)
     exp = exporter(fmt)
     ckpt = open_checkpoint(store, options.missing_chunks)
-    with claim_output(dest, [store], command="export", overwrite=overwrite) as out:
-        tmp = aside(out)
+    def build(tmp: Path) -> list[Path]:
         tmp.mkdir()
         io = _IO(options.prefetch)
         progress = _Progress(options.progress, sum(stored_nbytes(s) for s in ckpt.sources))
@@ -132,18 +123,17 @@ def export_checkpoint(
             copy_aux(store, tmp)  # (config.json first: an exporter may add to it)
             paths = exp.write(ckpt, tmp, _Streams(options, io, progress), dtype=dtype,
                               max_shard_size=max_shard_size)
-            (tmp / EXPORT_MARKER).write_text(json.dumps({"command": "export", "format": fmt,
-                                                         "source": str(store)}) + "\n")
-            for f in tmp.rglob("*"):
-                fsync(f)
-            put_in_place(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         finally:
             progress.close()
             io.close()
-    return [out / p.relative_to(tmp) for p in paths]
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"command": "export", "format": fmt,
+                                                     "source": str(store)}) + "\n")
+        for f in tmp.rglob("*"):
+            fsync(f)
+        return [p.relative_to(tmp) for p in paths]
+
+    with claim_output(dest, [store], command="export", overwrite=overwrite) as out:
+        return [out / p for p in build_aside(out, build)]
 
 
 class _Streams:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from ..formats import open_checkpoint
 from ..formats.base import LOGICAL_DTYPE_ATTR, TENSOR_ORDER_ATTR, TensorMeta, TensorSource, stored_nbytes
 from ..formats.zarr import ZarrSink
 from ..layout import output_chunks, plan_blocks
-from ..safety import RUN_ATTR, aside, check_apart, claim_output, put_in_place
+from ..safety import RUN_ATTR, build_aside, check_apart, claim_output
 from ..stats import StageStats
 from .io import _IO, _Progress
 from .local import _copy_skipped
@@ -84,14 +83,7 @@ def restore(
     check_apart([input], output)
     sources = open_checkpoint(input, options.missing_chunks).sources
     with claim_output(output, [input], command="restore", overwrite=overwrite) as out:
-        tmp = aside(out)
-        try:
-            names = _restore_into(sources, tmp, dtype, options, str(input))
-            put_in_place(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return names
+        return build_aside(out, lambda tmp: _restore_into(sources, tmp, dtype, options, str(input)))
 
 
 def _restore_into(sources: list[TensorSource], path: Path, dtype: str, options: EngineOptions,

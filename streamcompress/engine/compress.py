@@ -99,10 +99,10 @@ def compress_model(
     K.check_threading_layer()
     run = _prepare(sources, config, skip, options)
     executor = executor or LocalExecutor()
-    executor.check(run, tensors, output)  # (a cluster is reached here, before the output is made)
-    if output is None:
-        return _compress(run, tensors, MemorySink(), executor, False)
     try:
+        executor.check(run, tensors, output)  # (a cluster is reached here, before the output is made)
+        if output is None:
+            return _compress(run, tensors, MemorySink(), executor, False)
         with claim_output(output, in_paths, command="compress", overwrite=overwrite, resume=resume) as out:
             record = {"command": "compress", "pipeline_fingerprint": run.pipeline_fp,
                       "input_fingerprint": run.input_fp, "status": "running"}
@@ -140,7 +140,7 @@ def _compress(run: Run, tensors: Any, sink: MemorySink | ZarrSink, executor: Any
             done[i] = (stats, info)
     finally:
         progress.close()
-        executor.close()
+        executor.close()  # (before the results are written: a cluster is done once every tensor is)
 
     totals = [StageStats.empty(s.name) for s in config.stages]
     tensor_stats: dict[str, dict[str, Any]] = {}

@@ -126,10 +126,9 @@ class CompressedTensorsExporter(Exporter):
     def _float8(s: TensorSource, block_elems: int) -> list[OutTensor]:
         """float8 E4M3 weights as compressed-tensors' float-quantized: ``M.weight``
         (F8_E4M3, the codes' bits as they are) and ``M.weight_scale`` (float32)."""
-        name = s.meta.name
-        return [out_tensor(name, "F8_E4M3", s.meta.shape, lambda: (b.tobytes() for b in s.part_blocks("codes", block_elems))),
-                out_tensor(name + "_scale", "F32", s.parts()["scale"][0],
-                           lambda: (np.asarray(b, np.float32).tobytes() for b in s.part_blocks("scale", block_elems)))]
+        return [out_tensor(s.meta.name, "F8_E4M3", s.meta.shape,
+                           lambda: (b.tobytes() for b in s.part_blocks("codes", block_elems))),
+                _scale_tensor(s, block_elems)]
 
     @staticmethod
     def _quantized(s: TensorSource, q: dict[str, Any], block_elems: int) -> list[OutTensor]:
@@ -143,9 +142,7 @@ class CompressedTensorsExporter(Exporter):
                 yield _pad_words(_unsigned(q, codes) if bits == 8 else codes, words)
 
         scale_shape = s.parts()["scale"][0]
-        t = [out_tensor(name + "_packed", "I32", (rows, words), packed),
-             out_tensor(name + "_scale", "F32", scale_shape,
-                        lambda: (np.asarray(b, np.float32).tobytes() for b in s.part_blocks("scale", block_elems))),
+        t = [out_tensor(name + "_packed", "I32", (rows, words), packed), _scale_tensor(s, block_elems),
              out_tensor(name + "_shape", "I64", (2,), lambda: iter([np.array([rows, cols], np.int64).tobytes()]))]
         if not q["symmetric"]:
             zp = np.concatenate([b.reshape(-1) for b in s.part_blocks("zero_point", block_elems)]).reshape(
@@ -184,6 +181,12 @@ class CompressedTensorsExporter(Exporter):
             "version": CT_FORMAT_VERSION,
         }
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def _scale_tensor(s: TensorSource, block_elems: int) -> OutTensor:
+    """``M.weight_scale`` as float32 (float16 scales widen exactly)."""
+    return out_tensor(s.meta.name + "_scale", "F32", s.parts()["scale"][0],
+                      lambda: (np.asarray(b, np.float32).tobytes() for b in s.part_blocks("scale", block_elems)))
 
 
 def _pad_words(rows: np.ndarray, words: int) -> bytes:

@@ -204,19 +204,23 @@ class QuantizedSource(TensorSource):
     quantized = True
 
     @property
+    def _parts(self) -> dict[str, Any]:
+        return {"codes": self.codes, "scale": self.scale, "zero_point": self.zero_point}
+
+    @property
     def quantization(self) -> dict[str, Any]:
         """The array attribute ``quantization`` (FORMAT.md)."""
         return self.q
 
     def parts(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """``{"codes" | "scale" | "zero_point": (shape, dtype)}`` of the stored arrays."""
-        arrays = {"codes": self.codes, "scale": self.scale, "zero_point": self.zero_point}
-        return {k: (tuple(int(d) for d in a.shape), np.dtype(a.dtype)) for k, a in arrays.items() if a is not None}
+        return {k: (tuple(int(d) for d in a.shape), np.dtype(a.dtype)) for k, a in self._parts.items()
+                if a is not None}
 
     def part_blocks(self, part: str, max_elems: int) -> Iterator[np.ndarray]:
         """A stored part (``codes``, ``scale``, ``zero_point``) block by block, in C order
         (blocks of whole rows when a row fits in ``max_elems``)."""
-        arr = {"codes": self.codes, "scale": self.scale, "zero_point": self.zero_point}[part]
+        arr = self._parts[part]
         shape = tuple(arr.shape)
         if not shape:
             yield np.ascontiguousarray(read_region(arr, (), self.meta.name, part, self.missing))

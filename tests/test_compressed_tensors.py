@@ -30,7 +30,8 @@ pytestmark = pytest.mark.skipif(MODEL is None, reason="all-MiniLM-L6-v2 comes wi
 #: its own exports included; compressed-tensors' decompressor reads them)
 SCHEMES = {"int8:channel": True, "int4:group:32": True, "int8:tensor": True, "int4:channel": True,
            "q8_0": True, "int8:group:64": True, "int8_asym:tensor": True,
-           "int8_asym:channel": False, "int4_asym:group:32": False, "fp8:channel": True, "fp8:tensor": True}
+           "int8_asym:channel": False, "int4_asym:group:32": False, "fp8:channel": True, "fp8:tensor": True,
+           "fp8:block": True}
 QUANTIZED = ["--ignore", "*embeddings*", "--skip-1d"]
 
 

@@ -225,3 +225,52 @@ def test_fp8_scheme_stores_e4m3_of_x_over_absmax_scale_and_restores_it(tmp_path,
     assert (back == (want.astype(np.float32) * sb).astype(np.float32)).all()
     v = verify(tmp_path / "f.zarr", tmp_path / "r.zarr")
     assert v[""].sum_sq_err == 0
+
+
+def _ref_fp8_block(w, edge):
+    """A naive float8 E4M3 block reference: one scale per ``edge x edge`` tile, absmax / 448."""
+    import ml_dtypes
+
+    R, C = w.shape
+    tr, tc = -(-R // edge), -(-C // edge)
+    s = np.zeros((tr, tc), np.float32)
+    for i in range(tr):
+        for j in range(tc):
+            s[i, j] = np.abs(w[i * edge:(i + 1) * edge, j * edge:(j + 1) * edge]).max() / np.float32(448)
+    full = np.repeat(np.repeat(s, edge, 0), edge, 1)[:R, :C]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = np.where(full == 0, 0, np.clip(w / np.where(full == 0, 1, full), -448, 448)).astype(np.float32)
+    codes = q.astype(ml_dtypes.float8_e4m3fn)
+    return s, codes.view(np.uint8), (codes.astype(np.float32) * full).astype(np.float32)
+
+
+@pytest.mark.parametrize("scheme, edge", [("fp8:block", 128), ("fp8:block:16", 16)])
+@pytest.mark.parametrize("shape", [(300, 260), (128, 256), (5, 7)])
+def test_fp8_block_scales_are_per_tile_whatever_the_blocks(tmp_path, rng, scheme, edge, shape):
+    """Tiles span rows (and blocks cut rows anywhere): the scales come from a statistic
+    pass, and the codes and restore equal the whole-matrix reference for every cut."""
+    w = (rng.standard_t(3, shape) * 0.02).astype(np.float32) * np.linspace(0.1, 10, shape[1], dtype=np.float32)
+    w[: min(edge, shape[0]), : min(edge, shape[1])] = 0  # an all-zero tile: scale 0, codes 0
+    s, codes, deq = _ref_fp8_block(w, edge)
+    for i, block in enumerate((None, shape[1] * 3, 37)):
+        out = tmp_path / f"b{i}.zarr"
+        sc.compress_model({"w": w}, sc.CompressionConfig((Quantize(scheme),)), output=out,
+                          options=sc.EngineOptions(block_elems=block))
+        g = zarr.open_group(str(out), mode="r")
+        q = g["w"].attrs["quantization"]
+        assert q["granularity"] == "block" and q["group_size"] == edge and q["type"] == "float"
+        assert g["w_scale"].shape == s.shape and (g["w_scale"][...] == s).all(), block
+        assert (g["w"][...] == codes).all(), block
+        restore(out, tmp_path / f"r{i}.zarr")
+        assert (bits(zarr.open_group(str(tmp_path / f"r{i}.zarr"), mode="r")["w"][...]) == bits(deq)).all()
+        assert verify(out, tmp_path / f"r{i}.zarr")[""].sum_sq_err == 0
+
+
+def test_fp8_block_is_per_tensor_off_matrices_and_for_fp8_only(rng):
+    sch = parse_scheme("fp8:block")
+    assert sch.group_size == 128 and sc.QuantScheme("fp8", "block").group_size == 128
+    assert sch.scale_shape((300,)) == (1,) and sch.scale_shape((2, 3, 4)) == (1,)
+    assert sch.scale_shape((300, 260)) == (3, 3)
+    for bad in ("int8:block", "int4:block:32", "q8_0:block"):
+        with pytest.raises(sc.ConfigError, match="fp8"):
+            parse_scheme(bad)

@@ -74,13 +74,18 @@ def pack_columns(values: np.ndarray, bits: int) -> np.ndarray:
 
 def _scheme(q: dict[str, Any]) -> dict[str, Any]:
     """The config group's ``weights`` entry (the keys compressed-tensors writes)."""
-    return {"dynamic": False, "group_size": q["group_size"], "num_bits": int(q["bits"]),
-            "strategy": q["granularity"], "symmetric": bool(q["symmetric"]), "type": q.get("type", "int")}
+    w = {"dynamic": False, "group_size": q["group_size"], "num_bits": int(q["bits"]),
+         "strategy": q["granularity"], "symmetric": bool(q["symmetric"]), "type": q.get("type", "int")}
+    if q["granularity"] == "block":  # square tiles: [rows, columns] of one scale
+        w.update(group_size=None, block_structure=[int(q["group_size"])] * 2)
+    return w
 
 
 #: input activations of float8 weights: llm-compressor's FP8_DYNAMIC (per token, at run time)
 _FP8_INPUTS = {"dynamic": True, "group_size": None, "num_bits": 8, "strategy": "token", "symmetric": True,
                "type": "float"}
+#: ... and of float8 block weights: its FP8_BLOCK (groups of 128 along a token, at run time)
+_FP8_BLOCK_INPUTS = {**_FP8_INPUTS, "strategy": "group", "group_size": 128}
 
 
 def _module(name: str) -> str:
@@ -110,11 +115,12 @@ class CompressedTensorsExporter(Exporter):
                                   f"'{name}' has shape {list(s.meta.shape)}: leave it float (--skip-1d, "
                                   "--ignore) or export dense")
             fp8 = q.get("type") == "float"
-            if fp8 and q["granularity"] not in ("channel", "tensor"):
-                raise ConfigError(f"compressed-tensors float8 weights are per channel or per tensor; '{name}' is "
-                                  f"{q['scheme']}: quantize with fp8:channel")
+            if fp8 and q["granularity"] not in ("channel", "tensor", "block"):
+                raise ConfigError(f"compressed-tensors float8 weights are per channel, per tensor or in blocks; "
+                                  f"'{name}' is {q['scheme']}: quantize with fp8:channel or fp8:block")
             out += self._float8(s, streams.block_elems) if fp8 else self._quantized(s, q, streams.block_elems)
-            group = {"weights": _scheme(q), "input_activations": _FP8_INPUTS if fp8 else None,
+            inputs = (_FP8_BLOCK_INPUTS if q["granularity"] == "block" else _FP8_INPUTS) if fp8 else None
+            group = {"weights": _scheme(q), "input_activations": inputs,
                      "format": "float-quantized" if fp8 else "pack-quantized"}
             key = json.dumps(group, sort_keys=True)
             groups.setdefault(key, {**group, "modules": []})["modules"].append(_module(name))

@@ -16,7 +16,7 @@ from numba import prange
 
 from ._jit import JIT, PJIT
 
-__all__ = ["unit_range", "unit_absmax", "unit_minmax", "quantize_units", "quantize_int8_sim", "dequantize_units",
+__all__ = ["unit_range", "tile_of_units", "unit_absmax", "unit_minmax", "quantize_units", "quantize_int8_sim", "dequantize_units",
            "pack_nibbles", "unpack_nibbles"]
 
 
@@ -32,6 +32,15 @@ def unit_range(start: int, n: int, L: int, g: int) -> tuple[int, int]:
     last = start + n - 1
     u1 = (last // L) * G + (last % L) // g
     return u0, u1 - u0 + 1
+
+
+def tile_of_units(cols: int, edge: int, u0: int, k: int) -> np.ndarray:
+    """Flat tile index of each unit ``u0 .. u0+k`` of a ``(rows, cols)`` matrix in
+    ``edge x edge`` tiles, whose units are the tiles' rows: ``(row, j)`` -> tile
+    ``(row // edge, j)``."""
+    per_row = -(-cols // edge)
+    u = np.arange(u0, u0 + k, dtype=np.int64)
+    return (u // per_row // edge) * per_row + u % per_row
 
 
 @numba.njit(**JIT)

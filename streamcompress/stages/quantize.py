@@ -157,7 +157,7 @@ class Quantize(Stage):
         if sch is None or meta.size == 0:
             return 4 * meta.size
         units = math.prod(sch.scale_shape(meta.shape))
-        zp = 0 if sch.symmetric else units
+        zp = 2 * units if sch.has_min else 0 if sch.symmetric else units  # (min: float16; zero point: int8)
         return math.prod(sch.code_shape(meta.shape)) + units * np.dtype(sch.scale_dtype).itemsize + zp
 
     def memory_after(self, meta: TensorMeta, memory_before: int) -> int:
@@ -213,8 +213,10 @@ class _SchemeRunner(StageRunner):
         self.meta = meta
         self.real = real
         self.L, self.g = scheme.units(meta.shape)
-        self.local = all(_on_unit_boundary(b.start, self.L, self.g)
-                         and _on_unit_boundary(b.start + b.size, self.L, self.g) for b in blocks)
+        # (a tile of block granularity spans rows: its scale always comes from a statistic pass)
+        self.tiles = scheme.effective_granularity(meta.shape) is QuantGranularity.BLOCK
+        self.local = not self.tiles and all(_on_unit_boundary(b.start, self.L, self.g)
+                                            and _on_unit_boundary(b.start + b.size, self.L, self.g) for b in blocks)
         self.n_passes = 0 if self.local else 1
         self._mx: np.ndarray | None = None
         self._mn: np.ndarray | None = None
@@ -236,9 +238,15 @@ class _SchemeRunner(StageRunner):
             self._mn = np.zeros(units, np.float32)
         u0, k = K.unit_range(block.start, x.size, self.L, self.g)
         mx, mn = self._block_stats(block, x)
-        np.maximum(self._mx[u0:u0 + k], mx, out=self._mx[u0:u0 + k])
-        if mn is not None:
-            np.minimum(self._mn[u0:u0 + k], mn, out=self._mn[u0:u0 + k])
+        at = self.s.unit_scales(self.meta.shape, u0, k)
+        if isinstance(at, slice):
+            np.maximum(self._mx[at], mx, out=self._mx[at])
+            if mn is not None:
+                np.minimum(self._mn[at], mn, out=self._mn[at])
+        else:  # many units (a tile's rows) to one scale
+            np.maximum.at(self._mx, at, mx)
+            if mn is not None:
+                np.minimum.at(self._mn, at, mn)
 
     splittable = True
 
@@ -272,8 +280,11 @@ class _SchemeRunner(StageRunner):
             used, inv, zp = self.s.scales_from_stats(mx, mn, self.meta.name)
             self._amax = max(self._amax, float(np.max(np.maximum(mx, -mn if mn is not None else mx))))
         else:
-            used, inv, zp = (a[u0:u0 + k] for a in self._glob)
-        if self.s.is_float:  # float8 E4M3 bit patterns
+            at = self.s.unit_scales(self.meta.shape, u0, k)
+            used, inv, zp = (a[at] for a in self._glob)
+        if self.s.ggml and self.s.name != "q8_0":
+            codes, used, zp = self._ggml(x, block.start, k)
+        elif self.s.is_float:  # float8 E4M3 bit patterns
             codes = np.empty(x.size, dtype=np.uint8)
             K.quantize_units_fp8(x, block.start, self.L, self.g, used, _e4m3(), codes)
         else:
@@ -282,6 +293,32 @@ class _SchemeRunner(StageRunner):
                              self.s.reciprocal, codes)
         if self.real:
             self._last = (block, codes, used, zp)
+
+    def _ggml(self, x: np.ndarray, start: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """ggml's Q4_0/Q4_1/Q5_0/Q5_1 (``kernels.ggml``): signed codes ``q - half``
+        (``_0``) or ``q`` (``_1``), float16-rounded ``d`` and, for ``_1``, ``min``
+        (in the zero point's place); ``x`` becomes the dequantized values."""
+        s = self.s
+        half = 8 if s.bits == 4 else 16
+        if not np.isfinite(x).all():
+            raise ConfigError(f"tensor '{self.meta.name}' holds inf (kept by --nonfinite keep): {s.spec()} "
+                              "cannot store it; use --nonfinite zero")
+        self._amax = max(self._amax, float(K.absmax(x)))
+        q = np.empty(x.size, np.uint8)
+        d, mn = np.empty(k, np.float32), np.empty(k, np.float32)
+        K.quantize_units_ggml(x, start, self.L, self.g, half, s.has_min, d, mn, q)
+        with np.errstate(over="ignore"):
+            used = d.astype(np.float16).astype(np.float32)
+            mins = mn.astype(np.float16).astype(np.float32)
+        if not (np.isfinite(used).all() and np.isfinite(mins).all()):
+            raise ConfigError(f"tensor '{self.meta.name}': a scale of {s.spec()} overflows float16 (values up "
+                              f"to {self._amax:.4g}); use int8")
+        if s.has_min:
+            K.dequantize_units_affine(q, start, self.L, self.g, used, mins, x)
+            return q.view(np.int8), used, mins
+        codes = (q.astype(np.int16) - half).astype(np.int8)
+        K.dequantize_units(codes, start, self.L, self.g, used, np.zeros(k, np.int64), x)
+        return codes, used, mins
 
     def info(self) -> dict[str, Any]:
         return {"scheme": self.s.spec(), "absmax": self._amax}
@@ -319,7 +356,9 @@ class _QuantEncoding(Encoding):
         attrs = {"quantization": s.format_attrs(shape)}
         specs = [ArraySpec("", code_shape, code_chunks, s.code_dtype, attrs),
                  ArraySpec("_scale", sshape, schunks, s.scale_dtype)]
-        if not s.symmetric:
+        if s.has_min:
+            specs.append(ArraySpec("_min", sshape, schunks, "float16"))
+        elif not s.symmetric:
             specs.append(ArraySpec("_zero_point", sshape, schunks, "int8"))
         return specs
 
@@ -356,7 +395,9 @@ class _QuantEncoding(Encoding):
             sregion = self._scale_region(block)
             sshape = tuple(sl.stop - sl.start for sl in sregion)
             out.append(("_scale", sregion, used.astype(s.scale_dtype).reshape(sshape)))
-            if not s.symmetric:
+            if s.has_min:
+                out.append(("_min", sregion, zp.astype(np.float16).reshape(sshape)))
+            elif not s.symmetric:
                 out.append(("_zero_point", sregion, zp.astype(np.int8).reshape(sshape)))
         elif block.index == 0:  # whole scale arrays, written with the first block
             used_all, _, zp_all = self.r._glob

@@ -155,13 +155,14 @@ class ZarrSource(TensorSource):
 
 
 class QuantizedSource(TensorSource):
-    """A quantized tensor (codes + ``_scale`` [+ ``_zero_point``]), read as float32.
+    """A quantized tensor (codes + ``_scale`` [+ ``_zero_point`` or ``_min``]), read as float32.
 
     The array attribute ``quantization`` (FORMAT.md) says how to dequantize.
     """
 
-    def __init__(self, name: str, codes: Any, scale: Any, zero_point: Any | None, missing: str = "error") -> None:
-        self.codes, self.scale, self.zero_point = codes, scale, zero_point
+    def __init__(self, name: str, codes: Any, scale: Any, zero_point: Any | None, missing: str = "error",
+                 minimum: Any | None = None) -> None:
+        self.codes, self.scale, self.zero_point, self.minimum = codes, scale, zero_point, minimum
         self.missing = missing
         self.attrs = dict(codes.attrs)
         q = self.attrs["quantization"]
@@ -171,7 +172,7 @@ class QuantizedSource(TensorSource):
         shape = self.meta.shape
         gran = q["granularity"]
         n = max(math.prod(shape), 1)
-        if gran == "group":
+        if gran in ("group", "block"):  # (block: a tile's rows are its units)
             self.L, self.g = shape[-1], int(q["group_size"])
         elif gran == "channel":
             self.L = self.g = max(n // shape[0], 1)
@@ -198,14 +199,13 @@ class QuantizedSource(TensorSource):
         return self.q["scheme"]
 
     def stored_bytes(self) -> int:
-        parts = [self.codes, self.scale] + ([self.zero_point] if self.zero_point is not None else [])
-        return sum(int(a.nbytes_stored()) for a in parts)
+        return sum(int(a.nbytes_stored()) for a in self._parts.values() if a is not None)
 
     quantized = True
 
     @property
     def _parts(self) -> dict[str, Any]:
-        return {"codes": self.codes, "scale": self.scale, "zero_point": self.zero_point}
+        return {"codes": self.codes, "scale": self.scale, "zero_point": self.zero_point, "min": self.minimum}
 
     @property
     def quantization(self) -> dict[str, Any]:
@@ -213,12 +213,12 @@ class QuantizedSource(TensorSource):
         return self.q
 
     def parts(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """``{"codes" | "scale" | "zero_point": (shape, dtype)}`` of the stored arrays."""
+        """``{"codes" | "scale" | "zero_point" | "min": (shape, dtype)}`` of the stored arrays."""
         return {k: (tuple(int(d) for d in a.shape), np.dtype(a.dtype)) for k, a in self._parts.items()
                 if a is not None}
 
     def part_blocks(self, part: str, max_elems: int) -> Iterator[np.ndarray]:
-        """A stored part (``codes``, ``scale``, ``zero_point``) block by block, in C order
+        """A stored part (``codes``, ``scale``, ``zero_point``, ``min``) block by block, in C order
         (blocks of whole rows when a row fits in ``max_elems``)."""
         arr = self._parts[part]
         shape = tuple(arr.shape)
@@ -232,25 +232,30 @@ class QuantizedSource(TensorSource):
     def _get(self, array: Any, region: Any, block: Block) -> np.ndarray:
         return read_region(array, region, self.meta.name, f"block {block.index}", self.missing)
 
+    def _offsets(self, region: Any, block: Block, n: int) -> np.ndarray:
+        """Zero points (int64), or the float32 mins of ggml's ``_1`` kinds, of a scale region."""
+        if self.minimum is not None:
+            return np.asarray(self._get(self.minimum, region, block), dtype=np.float32).reshape(-1)
+        if self.zero_point is not None:
+            return self._get(self.zero_point, region, block).reshape(-1).astype(np.int64)
+        return np.zeros(n, np.int64)
+
     def _scales(self, block: Block) -> tuple[np.ndarray, np.ndarray]:
-        """Scales and zero points of the units the block touches, in unit order."""
+        """Scales and zero points (or mins) of the units the block touches, in unit order."""
         if self.gran != "group":
             if self._small is None:
                 s = np.asarray(self._get(self.scale, ..., block), dtype=np.float32).reshape(-1)
-                z = (self._get(self.zero_point, ..., block).reshape(-1).astype(np.int64)
-                     if self.zero_point is not None else np.zeros(s.size, np.int64))
-                self._small = (s, z)
-            from ...kernels import unit_range
+                self._small = (s, self._offsets(..., block, s.size))
+            from ...kernels import tile_of_units, unit_range
 
             u0, k = unit_range(block.start, block.size, self.L, self.g)
-            return self._small[0][u0:u0 + k], self._small[1][u0:u0 + k]
+            at = tile_of_units(self.L, self.g, u0, k) if self.gran == "block" else slice(u0, u0 + k)
+            return self._small[0][at], self._small[1][at]
         last = block.region[-1]
         lo, hi = last.start or 0, last.stop
         region = tuple(block.region[:-1]) + (slice(lo // self.g, -(-hi // self.g)),)
         s = np.asarray(self._get(self.scale, region, block), dtype=np.float32).reshape(-1)
-        z = (self._get(self.zero_point, region, block).reshape(-1).astype(np.int64)
-             if self.zero_point is not None else np.zeros(s.size, np.int64))
-        return s, z
+        return s, self._offsets(region, block, s.size)
 
     def read_raw(self, block: Block) -> np.ndarray:
         return self.read(block).reshape(block.shape)
@@ -280,7 +285,12 @@ class QuantizedSource(TensorSource):
         codes = np.ascontiguousarray(codes).reshape(-1)
         s, z = self._scales(block)
         out = np.empty(codes.size, dtype=np.float32)
-        dequantize_units(codes, block.start, self.L, self.g, s, z, out)
+        if self.minimum is not None:  # ggml's _1 kinds: q * d + min
+            from ...kernels import dequantize_units_affine
+
+            dequantize_units_affine(codes, block.start, self.L, self.g, s, z, out)
+        else:
+            dequantize_units(codes, block.start, self.L, self.g, s, z, out)
         return out
 
 
@@ -352,7 +362,7 @@ def group_sources(group: Any, missing: str = "error", partial: bool = False) -> 
     for name, node in arrays.items():
         q = node.attrs.get("quantization")
         if isinstance(q, dict):
-            for key in ("scale", "zero_point"):
+            for key in ("scale", "zero_point", "min"):
                 if q.get(key):
                     companions.add(name + q[key])
     tensors = {n: a for n, a in arrays.items() if n not in companions}
@@ -372,7 +382,8 @@ def group_sources(group: Any, missing: str = "error", partial: bool = False) -> 
         if isinstance(q, dict):
             try:
                 zp = arrays[n + q["zero_point"]] if q.get("zero_point") else None
-                sources.append(QuantizedSource(n, tensors[n], arrays[n + q["scale"]], zp, missing))
+                mins = arrays[n + q["min"]] if q.get("min") else None
+                sources.append(QuantizedSource(n, tensors[n], arrays[n + q["scale"]], zp, missing, mins))
             except (KeyError, TypeError, ValueError) as e:
                 if partial:
                     continue

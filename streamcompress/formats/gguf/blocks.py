@@ -1,0 +1,42 @@
+"""ggml block bytes from the codes and scales a Zarr store holds (FORMAT.md), row
+by row: what a GGUF file holds for Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1.
+
+A block of 32 values is ``d`` (float16) [``m`` (float16): ``_1`` kinds] [``qh``
+(4 bytes: bit 4 of each 5-bit code, value ``j`` in bit ``j``): 5-bit kinds]
+then ``qs``: 8-bit codes as int8, 4-bit codes as 16 bytes whose low nibbles are
+values 0..15 and high nibbles values 16..31 (5-bit: their low 4 bits).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["BLOCK", "BLOCK_BYTES", "GGML_TYPE", "ggml_rows"]
+
+#: values per block
+BLOCK = 32
+#: bytes per block of each scheme
+BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24}
+#: ggml type numbers (GGMLQuantizationType)
+GGML_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
+
+
+def ggml_rows(scheme: str, q: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> np.ndarray:
+    """``(rows, n / 32 * BLOCK_BYTES)`` uint8 from ``q``: the unsigned codes
+    ``(rows, n)`` (``q + 8`` / ``q + 16`` of the signed ``_0`` codes, ``q``
+    of ``_1``; int8 codes as they are for q8_0), ``d`` and ``m`` ``(rows, n / 32)``
+    float16."""
+    rows, n = q.shape
+    nb = n // BLOCK
+    q = q.reshape(rows, nb, BLOCK)
+    parts = [np.ascontiguousarray(d, np.float16).reshape(rows, nb, 1).view(np.uint8)]
+    if m is not None:
+        parts.append(np.ascontiguousarray(m, np.float16).reshape(rows, nb, 1).view(np.uint8))
+    if scheme == "q8_0":
+        parts.append(q.astype(np.int8).view(np.uint8))
+    else:
+        u = q.astype(np.uint8)
+        if scheme.startswith("q5"):
+            parts.append(np.packbits(u >> np.uint8(4), axis=-1, bitorder="little"))
+        parts.append((u[..., :16] & np.uint8(0x0F)) | (u[..., 16:] << np.uint8(4)))
+    return np.concatenate(parts, axis=-1).reshape(rows, nb * BLOCK_BYTES[scheme])

@@ -34,7 +34,8 @@ from typing import Callable, Iterator, Sequence, TypeVar
 from .errors import OutputBusy, OutputExists, UnsafePath
 
 __all__ = ["RUN_ATTR", "EXPORT_MARKER", "bad_member_name", "real_path", "check_apart", "written_by_us",
-           "replaceable", "claim_output", "aside", "put_in_place", "build_aside", "remove_output", "fsync"]
+           "replaceable", "claim_output", "aside", "put_in_place", "build_aside", "remove_output", "fsync",
+           "mark_file_ours"]
 
 T = TypeVar("T")
 
@@ -105,11 +106,37 @@ def _group_attrs(path: Path) -> dict | None:
     return attrs if isinstance(attrs, dict) else {}
 
 
+def _file_marker(path: Path) -> Path:
+    return path.parent / f".{path.name}.streamcompress"
+
+
+def _identity(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def mark_file_ours(path: Path) -> None:
+    """Record beside a one-file output (GGUF) that we wrote it, as it is now: the
+    file keeps every byte its format has (no marker inside it)."""
+    _file_marker(path).write_text(json.dumps({"written_by": "streamcompress", "identity": _identity(path)}) + "\n")
+
+
+def _remove(p: Path) -> None:
+    shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+
 def written_by_us(path: str | os.PathLike) -> bool:
     """True when ``path`` is an output this tool wrote: a Zarr group with our run
-    record (or the import / restore attributes of earlier versions), or a
-    directory with our export marker."""
+    record (or the import / restore attributes of earlier versions), a
+    directory with our export marker, or a file whose marker beside it
+    (:func:`mark_file_ours`) still matches it (size, time, inode)."""
     p = Path(path)
+    if p.is_file() and not p.is_symlink():
+        try:
+            rec = json.loads(_file_marker(p).read_text())
+            return rec.get("written_by") == "streamcompress" and rec.get("identity") == _identity(p)
+        except (OSError, ValueError, AttributeError):
+            return False
     if not p.is_dir() or p.is_symlink():
         return False
     if (p / EXPORT_MARKER).is_file():
@@ -136,7 +163,11 @@ def remove_output(path: str | os.PathLike) -> None:
     p = Path(path)
     if not replaceable(p):
         raise OutputExists(str(path), ours=False)
-    shutil.rmtree(p)
+    if p.is_file():
+        p.unlink()
+        _file_marker(p).unlink(missing_ok=True)
+    else:
+        shutil.rmtree(p)
 
 
 def _lock_path(output: Path) -> Path:
@@ -250,7 +281,7 @@ def put_in_place(tmp: Path, output: Path) -> None:
     os.rename(tmp, output)
     fsync(output.parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
 
 
 def build_aside(output: Path, build: Callable[[Path], T]) -> T:
@@ -261,6 +292,6 @@ def build_aside(output: Path, build: Callable[[Path], T]) -> T:
         result = build(tmp)
         put_in_place(tmp, output)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise
     return result

@@ -177,12 +177,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..engine.convert import export_checkpoint
     from ..engine import EngineOptions, parse_size
 
+    from ..formats import format_of_suffix
+
     opts = EngineOptions(progress=not args.quiet and sys.stderr.isatty(), missing_chunks=args.missing_chunks)
-    paths = export_checkpoint(args.input, args.output, dtype=args.dtype, fmt=args.fmt,
+    fmt = args.fmt or format_of_suffix(args.output) or "dense"
+    paths = export_checkpoint(args.input, args.output, dtype=args.dtype, fmt=fmt,
                               max_shard_size=parse_size(args.max_shard_size), overwrite=args.overwrite,
                               options=opts)
     if not args.quiet:
-        print(f"exported {len(paths)} shard(s) to {args.output} ({args.fmt})")
+        what = "1 file" if fmt == "gguf" else f"{len(paths)} shard(s)"
+        print(f"exported {what} to {args.output} ({fmt})")
     return 0
 
 

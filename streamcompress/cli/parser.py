@@ -199,15 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--overwrite", action="store_true", help="replace STORE if it exists")
     im.add_argument("-q", "--quiet", action="store_true", help="no progress bar, nothing printed on success")
 
-    ex = sub.add_parser("export", help="write a store as safetensors shards (dense or compressed-tensors)")
+    ex = sub.add_parser("export", help="write a store as safetensors shards (dense or compressed-tensors) "
+                                       "or as one GGUF file")
     ex.add_argument("input", metavar="STORE", help="a Zarr v3 group (compressed or not)")
-    ex.add_argument("output", metavar="DEST", help="new directory")
+    ex.add_argument("output", metavar="DEST", help="new directory (a file for GGUF: OUT.gguf)")
     ex.add_argument("--dtype", choices=["keep", "float32", "float16", "bfloat16"], default="keep",
                     help="dtype of dense tensors (keep: as stored; quantized ones become float32)")
-    ex.add_argument("--format", choices=["dense", "compressed-tensors"], default="dense", dest="fmt",
+    ex.add_argument("--format", choices=["dense", "compressed-tensors", "gguf"], default=None, dest="fmt",
                     help="compressed-tensors: int weights pack-quantized (weight_packed, weight_scale, "
                          "weight_shape) with a quantization_config in config.json, as llm-compressor writes "
-                         "them (loads in transformers and vLLM); dense: plain safetensors")
+                         "them (loads in transformers and vLLM); gguf: one GGUF v3 file, ggml block schemes "
+                         "as their blocks (llama.cpp); dense: plain safetensors (default; gguf when DEST ends "
+                         "in .gguf)")
     ex.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest shard (default 5GB)")
     ex.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     _add_missing_flag(ex)

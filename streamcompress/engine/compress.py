@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +14,14 @@ import numpy as np
 
 from .. import kernels as K
 from ..config import CompressionConfig
-from ..errors import EmptyModel
+from ..errors import EmptyModel, OutputExists
+from ..formats import format_of_suffix
 from ..formats.base import AUX_DIR, MASK_GROUP, TENSOR_ORDER_ATTR, stored_nbytes
 from ..formats.memory import MemorySink
 from ..formats.sidecar import copy_aux
 from ..formats.zarr import ZarrSink
 from ..result import CompressionResult, WeightTensor
-from ..safety import RUN_ATTR, check_apart, claim_output
+from ..safety import RUN_ATTR, check_apart, claim_output, remove_output, replaceable
 from ..stats import StageStats
 from .io import _Progress
 from .local import LocalExecutor
@@ -87,6 +88,9 @@ def compress_model(
     in_paths = [tensors] if isinstance(tensors, (str, os.PathLike)) else []
     if output is not None:
         check_apart(in_paths, output)  # before anything is read or made
+        fmt = format_of_suffix(output)
+        if fmt is not None:
+            return _compress_to_file(tensors, config, fmt, Path(output), overwrite, resume, options, executor)
     sources = load_sources(tensors, options.missing_chunks)
     if not sources:
         raise EmptyModel()
@@ -113,6 +117,39 @@ def compress_model(
             return _compress(run, tensors, sink, executor, sink.resumed, out)
     finally:
         executor.close()
+
+
+def _compress_to_file(tensors: Any, config: CompressionConfig, fmt: str, output: Path, overwrite: bool,
+                      resume: bool, options: EngineOptions, executor: Any) -> CompressionResult:
+    """``compress IN OUT.gguf``: the run goes into a hidden work store beside OUT
+    (``.OUT.work.zarr``: ``resume`` continues it), which is then exported to OUT
+    (aside, renamed into place) and removed. 1-D tensors stay float (as
+    llama.cpp keeps norms), and a scheme or shape the file cannot hold is
+    refused before any work."""
+    from .convert import export_checkpoint
+
+    if output.exists() and not overwrite:
+        raise OutputExists(str(output))
+    if overwrite and output.exists() and not replaceable(output):
+        raise OutputExists(str(output), ours=False)
+    if not config.skip_1d:
+        config = replace(config, skip_1d=True)
+    sources = load_sources(tensors, options.missing_chunks)
+    for src, skipped in zip(sources, config.check([s.meta for s in sources])):
+        if not skipped:
+            for stage in config.stages:
+                check = getattr(stage, "check_export", None)
+                if check is not None:
+                    check(src.meta, fmt)
+    work = output.parent / f".{output.name}.work.zarr"
+    again = resume and work.exists()
+    result = compress_model(sources if not isinstance(tensors, (str, os.PathLike)) else tensors, config,
+                            output=work, overwrite=work.exists() and not again, resume=again, options=options,
+                            executor=executor)
+    export_checkpoint(work, output, fmt=fmt, overwrite=overwrite, options=options)
+    remove_output(work)
+    result.stored_bytes = output.stat().st_size
+    return result
 
 
 def _compress(run: Run, tensors: Any, sink: MemorySink | ZarrSink, executor: Any, resuming: bool,

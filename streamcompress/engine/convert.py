@@ -17,7 +17,7 @@ from ..formats.base import AUX_DIR, TENSOR_ORDER_ATTR, TensorSource, stored_nbyt
 from ..formats.sidecar import copy_aux
 from ..formats.zarr import ZarrSink
 from ..layout import Block, output_chunks, plan_blocks
-from ..safety import EXPORT_MARKER, RUN_ATTR, build_aside, check_apart, claim_output, fsync
+from ..safety import EXPORT_MARKER, RUN_ATTR, build_aside, check_apart, claim_output, fsync, mark_file_ours
 from .io import _IO, _Progress
 from .options import EngineOptions, check_stop
 from .tools import _to_dtype
@@ -115,12 +115,15 @@ def export_checkpoint(
     check_apart([store], dest)
     exp = exporter(fmt)
     ckpt = open_checkpoint(store, options.missing_chunks)
+    if exp.single_file:
+        return [_export_file(exp, ckpt, store, Path(dest), dtype, max_shard_size, overwrite, options)]
+
     def build(tmp: Path) -> list[Path]:
         tmp.mkdir()
         io = _IO(options.prefetch)
         progress = _Progress(options.progress, sum(stored_nbytes(s) for s in ckpt.sources))
         try:
-            copy_aux(store, tmp)  # (config.json first: an exporter may add to it)
+            copy_aux(store, tmp, exclude=("gguf",))  # (config.json first: an exporter may add to it)
             paths = exp.write(ckpt, tmp, _Streams(options, io, progress), dtype=dtype,
                               max_shard_size=max_shard_size)
         finally:
@@ -134,6 +137,24 @@ def export_checkpoint(
 
     with claim_output(dest, [store], command="export", overwrite=overwrite) as out:
         return [out / p for p in build_aside(out, build)]
+
+
+def _export_file(exp: Any, ckpt: Any, store: str | os.PathLike, dest: Path, dtype: str, max_shard_size: int,
+                 overwrite: bool, options: EngineOptions) -> Path:
+    """A one-file export (GGUF): written aside, renamed into place, then marked ours."""
+    def build(tmp: Path) -> None:
+        io = _IO(options.prefetch)
+        progress = _Progress(options.progress, sum(stored_nbytes(s) for s in ckpt.sources))
+        try:
+            exp.write(ckpt, tmp, _Streams(options, io, progress), dtype=dtype, max_shard_size=max_shard_size)
+        finally:
+            progress.close()
+            io.close()
+
+    with claim_output(dest, [store], command="export", overwrite=overwrite) as out:
+        build_aside(out, build)
+        mark_file_ours(out)
+        return out
 
 
 class _Streams:

@@ -151,6 +151,8 @@ class Checkpoint:
     attrs: dict[str, Any] = field(default_factory=dict)
     #: the open group (Zarr), for readers that need more of it
     group: Any = None
+    #: where it was opened from (a store's ``__aux__`` lies there)
+    path: Path | None = None
 
 
 class Format(ABC):
@@ -222,6 +224,10 @@ class Exporter(ABC):
 
     #: name in the registry (``formats.EXPORTERS``) and of ``export --format``
     name: ClassVar[str]
+    #: writes one file (``dest`` is that file's path), not a directory of them
+    single_file: ClassVar[bool] = False
+    #: the file suffix that picks this format when ``--format`` is not given
+    suffix: ClassVar[str | None] = None
 
     @abstractmethod
     def write(self, ckpt: Checkpoint, dest: Path, streams: ByteStreams, *, dtype: str,

@@ -46,7 +46,7 @@ def aux_files(src: str | os.PathLike) -> list[tuple[str, Path]]:
     nothing else there is copied. From a store: everything in its ``__aux__``.
     """
     p = Path(src)
-    if p.is_file():
+    if p.is_file():  # (a GGUF file carries its own metadata: see copy_aux)
         p = p.parent if p.suffix == ".safetensors" else None
         if p is None:
             return []
@@ -66,10 +66,21 @@ def aux_files(src: str | os.PathLike) -> list[tuple[str, Path]]:
     return out
 
 
-def copy_aux(src: str | os.PathLike, dest_dir: Path) -> list[str]:
-    """Copy the non-tensor files of ``src`` (checkpoint dir or store) into ``dest_dir``."""
+def copy_aux(src: str | os.PathLike, dest_dir: Path, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Copy the non-tensor files of ``src`` (checkpoint dir or store) into ``dest_dir``,
+    but those under a folder of ``exclude``."""
     copied = []
+    p = Path(src)
+    if p.is_file() and p.suffix == ".gguf":  # its key/values, as they are (formats.gguf)
+        from .gguf import metadata_files
+
+        for rel, data in metadata_files(p).items():
+            (dest_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest_dir / rel).write_bytes(data)
+            copied.append(rel)
     for rel, path in aux_files(src):
+        if rel.startswith(tuple(f"{e}/" for e in exclude)):
+            continue
         target = dest_dir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)

@@ -175,6 +175,18 @@ class Quantize(Stage):
             m = math.lcm(m, sch.group_size)
         return m
 
+    def check_export(self, meta: TensorMeta, fmt: str) -> None:
+        """Refuse, before any work, a tensor whose scheme or shape ``fmt`` cannot hold (GGUF)."""
+        sch = self.scheme_for(meta.name)
+        if fmt != "gguf" or sch is None or self.simulate:
+            return
+        if not sch.ggml:
+            raise ConfigError(f"a GGUF output holds ggml's block types (q8_0, q4_0, q4_1, q5_0, q5_1); tensor "
+                              f"'{meta.name}' would be {sch.spec()}")
+        if meta.ndim > 2 or meta.ndim == 0 or meta.shape[-1] % 32:
+            raise ConfigError(f"tensor '{meta.name}' of shape {list(meta.shape)} cannot be {sch.spec()} in GGUF (rows "
+                              "must be whole blocks of 32, 1-D or 2-D): --tensor-type it to none, or --ignore it")
+
     def to_dict(self) -> dict[str, Any]:
         conf: dict[str, Any] = {"scheme": self.scheme.spec(), "scale_dtype": self.scheme.scale_dtype,
                                 "simulate": self.simulate}

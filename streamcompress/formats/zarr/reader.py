@@ -229,6 +229,13 @@ class QuantizedSource(TensorSource):
             yield np.ascontiguousarray(read_region(arr, b.region, self.meta.name, f"{part} block {b.index}",
                                                    self.missing))
 
+    def part_rows(self, part: str, r0: int, r1: int) -> np.ndarray:
+        """Rows ``r0:r1`` of a stored part of a 1-D or 2-D tensor (1-D: one row)."""
+        arr = self._parts[part]
+        region = (slice(r0, r1), slice(None)) if len(arr.shape) == 2 else (slice(None),)
+        a = read_region(arr, region, self.meta.name, f"{part} rows {r0}:{r1}", self.missing)
+        return np.ascontiguousarray(a).reshape(r1 - r0, -1)
+
     def _get(self, array: Any, region: Any, block: Block) -> np.ndarray:
         return read_region(array, region, self.meta.name, f"block {block.index}", self.missing)
 
@@ -434,4 +441,4 @@ class ZarrFormat(Format):
     @classmethod
     def open(cls, path: Path, missing: str = "error", unfinished_ok: bool = False) -> Checkpoint:
         group, sources = open_input(path, missing, unfinished_ok)
-        return Checkpoint(cls.name, sources, dict(group.attrs), group)
+        return Checkpoint(cls.name, sources, dict(group.attrs), group, path)

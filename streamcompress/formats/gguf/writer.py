@@ -1,0 +1,189 @@
+"""GGUF out: a store's tensors as one GGUF v3 file, streamed.
+
+ggml block schemes (q8_0, q4_0, q4_1, q5_0, q5_1) become their GGML blocks from
+the stored codes and scales (never quantized again); float tensors stay F32,
+F16 or BF16 (or are cast to ``dtype``); integer tensors stay I8..I64. The
+key/values of a GGUF input (kept in the store's ``__aux__/gguf/``) are written
+as they were, in their order, with ``general.file_type`` set to what the
+tensors are, ``general.quantization_version`` added when a tensor is
+quantized, and the ``split.*`` keys of a split input dropped. Tensor infos
+and data keep the store's tensor order, each tensor padded to the alignment
+(as gguf-py and llama.cpp write them). The header is computed first (every
+size is known from shapes), then tensors stream row block by row block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ...errors import ConfigError, InvalidStore
+from ..base import AUX_DIR, ByteStreams, Checkpoint, Exporter, TensorSource
+from .blocks import BLOCK, BLOCK_BYTES, GGML_TYPE, ggml_rows
+from .reader import GGUF_MAGIC, KV, VT, parse_kv
+
+__all__ = ["GGUFExporter", "FILE_TYPE"]
+
+#: general.file_type (LlamaFileType) of a model whose tensors are mostly of a type
+FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "bf16": 32}
+_DENSE_TYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+_INT_TYPES = {"int8": 24, "int16": 25, "int32": 26, "int64": 27, "float64": 28}
+_ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2}
+#: ggml's longest tensor name (GGML_MAX_NAME - 1 bytes)
+_MAX_NAME = 63
+
+
+def _string(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return struct.pack("<Q", len(b)) + b
+
+
+def _kv_u32(key: str, value: int) -> KV:
+    return KV(key, VT["UINT32"], value, _string(key) + struct.pack("<II", VT["UINT32"], value))
+
+
+class _Out:
+    """One tensor of the file: ggml type number, ``ne``, bytes and their stream."""
+
+    def __init__(self, name: str, ggml: int, kind: str, shape: tuple[int, ...], nbytes: int, stream) -> None:
+        self.name, self.ggml, self.kind, self.shape, self.nbytes, self.stream = name, ggml, kind, shape, nbytes, stream
+
+
+class GGUFExporter(Exporter):
+    name = "gguf"
+    single_file = True
+    suffix = ".gguf"
+
+    def write(self, ckpt: Checkpoint, dest: Path, streams: ByteStreams, *, dtype: str,
+              max_shard_size: int) -> list[Path]:
+        if sys.byteorder != "little":
+            raise ConfigError("GGUF export needs a little-endian machine")
+        outs = [self._tensor(s, dtype, streams) for s in ckpt.sources]
+        kv, align = self._metadata(ckpt, outs)
+        infos = []
+        off = 0
+        for t in outs:
+            ne = tuple(reversed(t.shape)) or (1,)
+            infos.append(_string(t.name) + struct.pack("<I", len(ne)) + struct.pack(f"<{len(ne)}Q", *ne)
+                         + struct.pack("<IQ", t.ggml, off))
+            off += -(-t.nbytes // align) * align
+        head = (GGUF_MAGIC + struct.pack("<IQQ", 3, len(outs), len(kv)) + b"".join(r.raw for r in kv)
+                + b"".join(infos))
+        head += b"\0" * (-len(head) % align)
+        with open(dest, "wb") as f:
+            f.write(head)
+            for t in outs:
+                written = 0
+                for chunk in t.stream():
+                    f.write(chunk)
+                    written += len(chunk)
+                if written != t.nbytes:
+                    raise InvalidStore(f"tensor '{t.name}' streamed {written} bytes, expected {t.nbytes}")
+                f.write(b"\0" * (-written % align))
+            f.flush()
+            os.fsync(f.fileno())
+        return [dest]
+
+    # -- tensors ---------------------------------------------------------------
+    def _tensor(self, s: TensorSource, dtype: str, streams: ByteStreams) -> _Out:
+        name, shape = s.meta.name, s.meta.shape
+        if len(name.encode("utf-8")) > _MAX_NAME:
+            raise ConfigError(f"tensor name '{name}' is longer than GGUF's {_MAX_NAME} bytes")
+        if len(shape) > 4:
+            raise ConfigError(f"tensor '{name}' has {len(shape)} dimensions; GGUF holds at most 4")
+        n = 1
+        for d in shape:
+            n *= d
+        if s.quantized:
+            q = s.quantization
+            scheme = q["scheme"]
+            if scheme not in BLOCK_BYTES:
+                raise ConfigError(f"tensor '{name}' is {scheme}, which has no GGUF form: quantize with q8_0, q4_0, "
+                                  "q4_1, q5_0 or q5_1, or export dense")
+            if len(shape) > 2 or not shape or shape[-1] % BLOCK:
+                raise ConfigError(f"tensor '{name}' of shape {list(shape)} has no {scheme} GGUF form: its rows must "
+                                  f"be whole blocks of {BLOCK} (1-D or 2-D); leave it float (--ignore, --skip-1d)")
+            nbytes = n // BLOCK * BLOCK_BYTES[scheme]
+            return _Out(name, GGML_TYPE[scheme], scheme, shape, nbytes, _blocks(s, scheme, streams.block_elems))
+        if s.logical_dtype in _INT_TYPES or not s.is_float:
+            if s.logical_dtype not in _INT_TYPES:
+                raise ConfigError(f"tensor '{name}' is {s.logical_dtype}, which GGUF does not hold")
+            isz = np.dtype(s.logical_dtype).itemsize
+            return _Out(name, _INT_TYPES[s.logical_dtype], s.logical_dtype, shape, n * isz, streams.dense(s, None))
+        kind = _DENSE_TYPES.get(s.logical_dtype if dtype == "keep" else dtype)
+        if kind is None:
+            raise ConfigError(f"tensor '{name}' is {s.logical_dtype}; GGUF floats are float32, float16, bfloat16 "
+                              "(pass --dtype)")
+        cast = None if dtype == "keep" and not s.quantized else ("float32" if dtype == "keep" else dtype)
+        return _Out(name, GGML_TYPE[kind], kind, shape, n * _ITEMSIZE[kind], streams.dense(s, cast))
+
+    # -- key/values ------------------------------------------------------------
+    def _metadata(self, ckpt: Checkpoint, outs: list[_Out]) -> tuple[list[KV], int]:
+        kv: list[KV] = []
+        aux = ckpt.path / AUX_DIR / "gguf" if ckpt.path is not None else None
+        if aux is not None and (aux / "kv.bin").is_file():
+            head = json.loads((aux / "header.json").read_text())
+            kv = [r for r in parse_kv((aux / "kv.bin").read_bytes(), int(head["n_kv"]), str(aux / "kv.bin"))
+                  if not r.key.startswith("split.")]
+        align = 32
+        for r in kv:
+            if r.key == "general.alignment" and r.type == VT["UINT32"]:
+                align = int(r.value)
+        ftype = FILE_TYPE[_main_kind(outs)]
+        kv = _set(kv, _kv_u32("general.file_type", ftype))
+        if any(t.kind in BLOCK_BYTES for t in outs) and not any(r.key == "general.quantization_version" for r in kv):
+            kv.append(_kv_u32("general.quantization_version", 2))
+        return kv, align
+
+
+def _set(kv: list[KV], new: KV) -> list[KV]:
+    """``kv`` with ``new`` in the place of a record of its key (else appended)."""
+    for i, r in enumerate(kv):
+        if r.key == new.key:
+            return kv[:i] + [new] + kv[i + 1:]
+    return kv + [new]
+
+
+def _main_kind(outs: list[_Out]) -> str:
+    """The type of most values among the matrices (llama.cpp's file type: what the
+    big tensors are); float32 when there are none."""
+    count: dict[str, int] = {}
+    for t in outs:
+        if len(t.shape) >= 2 and t.kind in FILE_TYPE:
+            n = 1
+            for d in t.shape:
+                n *= d
+            count[t.kind] = count.get(t.kind, 0) + n
+    return max(count, key=lambda k: (count[k], k)) if count else "f32"
+
+
+def _blocks(s: Any, scheme: str, block_elems: int):
+    """GGML blocks of a stored block-scheme tensor, a few rows at a time."""
+    shape = s.meta.shape
+    rows = shape[0] if len(shape) == 2 else 1
+    cols = shape[-1]
+    step = max(1, block_elems // max(cols, 1))
+    signed_offset = {"q8_0": 0, "q4_0": 8, "q5_0": 16, "q4_1": 0, "q5_1": 0}[scheme]
+    has_min = scheme in ("q4_1", "q5_1")
+
+    def stream() -> Iterator[bytes]:
+        from ...kernels import unpack_nibbles
+
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            codes = s.part_rows("codes", r0, r1)
+            if scheme.startswith("q4"):
+                q = unpack_nibbles(codes, cols)  # (stored as nibble = q + 8 for q4_0: the unsigned code)
+            else:
+                q = codes.astype(np.int16) + signed_offset if signed_offset else codes
+            d = s.part_rows("scale", r0, r1)
+            m = s.part_rows("min", r0, r1) if has_min else None
+            yield ggml_rows(scheme, q, d, m).tobytes()
+
+    return stream

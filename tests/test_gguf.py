@@ -1,0 +1,286 @@
+"""GGUF in and out, checked by gguf-py (PyPI ``gguf``, llama.cpp's own Python
+package): its writer makes the inputs, its reader reads our outputs, and its
+quantizers are the reference for ggml's block types."""
+
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import warnings
+
+import numpy as np
+import pytest
+
+from streamcompress.cli import main
+from test_data_safety import _kill_when, cli, one_line_error
+
+if os.environ.get("CI"):  # the test extra brings it
+    import gguf  # noqa: F401
+gguf = pytest.importorskip("gguf")
+from gguf import GGMLQuantizationType as T  # noqa: E402
+from gguf import GGUFReader, GGUFWriter  # noqa: E402
+import gguf.quants as Q  # noqa: E402
+
+import streamcompress as sc  # noqa: E402
+from streamcompress.formats.gguf.blocks import ggml_rows  # noqa: E402
+from streamcompress.kernels import unpack_nibbles  # noqa: E402
+from streamcompress.stages import Quantize  # noqa: E402
+
+BLOCK_SCHEMES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
+
+
+def _blocks_of_every_kind(rng, rows=48, cols=256):
+    """Random rows of many magnitudes, and blocks that are tied, all zero, -0.0,
+    denormal, huge, in steps, or mixed ±0 (the first block of rows 0..)."""
+    x = (rng.standard_normal((rows, cols)) * rng.uniform(1e-3, 10, (rows, 1))).astype(np.float32)
+    b = x[:, :32]
+    b[0] = 0
+    b[1] = -0.0
+    b[2] = 5.0
+    b[3] = np.float32(1e-40)
+    b[4] = np.float32(3e4)
+    b[5, :16], b[5, 16:] = -1, 1  # two elements of the largest |x|: the first one counts
+    b[6] = rng.integers(-8, 8, 32) * 0.25  # exact steps: ties at .5 after scaling
+    b[7] = np.float32(-1e-40)
+    b[8, 0], b[8, 1:] = -0.0, 1e-40
+    b[9] = np.float32(1e-38)
+    b[10] = rng.integers(-16, 16, 32) * 0.5
+    b[11] = (rng.standard_normal(32) * 1e-41).astype(np.float32)
+    b[12] = 6e4
+    b[13] = np.linspace(-1, 1, 32)
+    b[14] = np.where(rng.random(32) < 0.5, -0.0, 0.0)
+    b[15, :31], b[15, 31] = 0, -3.0
+    return x
+
+
+def _ggml_bytes(arrays, scheme, cols):
+    """Our stored codes and scales as ggml block rows."""
+    c = arrays["w"]
+    if scheme.startswith("q4"):
+        q = unpack_nibbles(c, cols)
+    else:
+        q = c.astype(np.int16) + (16 if scheme == "q5_0" else 0)
+    return ggml_rows(scheme, q, arrays["w_scale"], arrays.get("w_min"))
+
+
+def _neg_zero_d_blocks(x, scheme):
+    """Blocks where gguf-py and ggml's C reference differ: a ``_0`` block of zeros
+    whose first element is -0.0 (gguf-py takes that element as the max, so
+    ``d = -0.0 / -8 = +0.0``; ggml keeps its initial ``max = 0.0``, so ``d = -0.0``).
+    We follow ggml (llama.cpp's output: scripts/ggml_peer.py checks against it)."""
+    if not scheme.endswith("_0") or scheme == "q8_0":
+        return set()
+    blocks = x.reshape(-1, 32)
+    bad = (blocks == 0).all(axis=1) & np.signbit(blocks[:, 0])
+    return set(np.nonzero(bad)[0].tolist())
+
+
+@pytest.mark.parametrize("scheme", BLOCK_SCHEMES)
+def test_block_schemes_are_gguf_py_bit_for_bit(rng, scheme):
+    x = _blocks_of_every_kind(rng)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        ref = Q.quantize(x, getattr(T, scheme.upper()))
+    nbytes = ref.shape[-1] // (x.shape[-1] // 32)
+    for block in (None, 64, 96, 32 * 5):  # chunked == whole
+        r = sc.compress_model({"w": x}, sc.CompressionConfig((Quantize(scheme),)),
+                              options=sc.EngineOptions(block_elems=block))
+        ours = _ggml_bytes(r.arrays, scheme, x.shape[-1])
+        diff = np.nonzero((ours.reshape(-1, nbytes) != ref.reshape(-1, nbytes)).any(axis=1))[0]
+        known = _neg_zero_d_blocks(x, scheme)
+        assert set(diff.tolist()) == known, (block, diff)
+        for i in known:  # ... and there only the sign bit of d differs
+            a, b = ours.reshape(-1, nbytes)[i], ref.reshape(-1, nbytes)[i]
+            assert a[1] == b[1] | 0x80 and (a[2:] == b[2:]).all() and a[0] == b[0]
+        # the values flowing on (simulate) are gguf-py's dequantization, bit for bit
+        sim = sc.compress_model({"w": x}, sc.CompressionConfig((Quantize(scheme, simulate=True),)),
+                                options=sc.EngineOptions(block_elems=block)).compressed_tensors[0].data
+        with np.errstate(all="ignore"):
+            deq = Q.dequantize(ref, getattr(T, scheme.upper())).astype(np.float32)
+        same = sim.view(np.uint32) == deq.view(np.uint32)
+        zero = (sim == 0) & (deq == 0)  # (the -0.0 blocks above: +0.0 * -0.0)
+        assert (same | zero).all(), block
+
+
+def _llama_gguf(path, rng, ftype=None, dtype=np.float32):
+    """A small llama-shaped GGUF by gguf-py's writer: hparams, a tokenizer, norms and matrices."""
+    w = GGUFWriter(str(path), "llama")
+    w.add_name("tiny-llama")
+    w.add_block_count(2)
+    w.add_context_length(128)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(96)
+    w.add_head_count(4)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"tok{i}".encode() for i in range(100)])
+    w.add_token_scores([float(i) for i in range(100)])
+    w.add_token_types([1] * 100)
+    if ftype is not None:
+        w.add_file_type(ftype)
+    shapes = {"token_embd.weight": (100, 64), "blk.0.attn_norm.weight": (64,), "blk.0.attn_q.weight": (64, 64),
+              "blk.0.ffn_up.weight": (96, 64), "blk.1.ffn_down.weight": (64, 96), "output_norm.weight": (64,),
+              "output.weight": (100, 64)}
+    data = {k: (rng.standard_normal(s) * 0.05).astype(dtype) for k, s in shapes.items()}
+    for k, v in data.items():
+        w.add_tensor(k, v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return data
+
+
+def _fields(path):
+    return {f.name: f.contents() for f in GGUFReader(str(path)).fields.values() if not f.name.startswith("GGUF.")}
+
+
+@pytest.mark.parametrize("scheme", ["q8_0", "q4_0", "q5_1"])
+def test_gguf_in_quantized_gguf_out_as_gguf_py_reads_it(tmp_path, rng, scheme):
+    src = tmp_path / "in.gguf"
+    data = _llama_gguf(src, rng)
+    out = tmp_path / "out.gguf"
+    assert main(["compress", str(src), str(out), "--quantize", scheme, "-q"]) == 0
+    before, after = _fields(src), _fields(out)
+    assert after.pop("general.file_type") == {"q8_0": 7, "q4_0": 2, "q5_1": 9}[scheme]
+    assert after.pop("general.quantization_version") == 2
+    assert after == before  # every key/value kept, in its type
+    r = GGUFReader(str(out))
+    assert [t.name for t in r.tensors] == list(data)  # the input's order
+    for t in r.tensors:
+        x = data[t.name]
+        if x.ndim == 1:  # norms stay F32, as llama.cpp keeps them
+            assert t.tensor_type == T.F32 and np.array_equal(np.asarray(t.data), x)
+        else:
+            assert t.tensor_type == getattr(T, scheme.upper())
+            assert np.array_equal(np.asarray(t.data).reshape(-1), Q.quantize(x, t.tensor_type).reshape(-1)), t.name
+            assert [int(d) for d in t.shape] == list(reversed(x.shape))
+    assert not list(tmp_path.glob(".out.gguf.work*")), "the work store is removed"
+
+
+@pytest.mark.parametrize("dtype, ftype", [(np.float32, 0), (np.float16, 1)])
+def test_float_gguf_round_trips_through_zarr_byte_for_byte(tmp_path, rng, dtype, ftype):
+    src = tmp_path / "in.gguf"
+    _llama_gguf(src, rng, ftype=ftype, dtype=dtype)
+    assert main(["import", str(src), str(tmp_path / "s.zarr"), "-q"]) == 0
+    assert main(["export", str(tmp_path / "s.zarr"), str(tmp_path / "back.gguf"), "-q"]) == 0
+    assert (tmp_path / "back.gguf").read_bytes() == src.read_bytes()
+
+
+def test_q8_0_gguf_input_is_dequantized_as_gguf_py_does(tmp_path, rng):
+    src = tmp_path / "q.gguf"
+    x = (rng.standard_normal((8, 64)) * 0.1).astype(np.float32)
+    w = GGUFWriter(str(src), "llama")
+    q = Q.quantize(x, T.Q8_0)
+    w.add_tensor("blk.0.attn_q.weight", q, raw_shape=q.shape, raw_dtype=T.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert main(["import", str(src), str(tmp_path / "s.zarr"), "-q"]) == 0
+    import zarr
+
+    got = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["blk.0.attn_q.weight"][...]
+    assert got.shape == x.shape and np.array_equal(got, Q.dequantize(q, T.Q8_0))
+    # and compressed to q8_0 again, its blocks are the input's (requantizing Q8_0 is exact)
+    assert main(["compress", str(src), str(tmp_path / "o.gguf"), "--quantize", "q8_0", "-q"]) == 0
+    (t,) = GGUFReader(str(tmp_path / "o.gguf")).tensors
+    assert np.array_equal(np.asarray(t.data).reshape(-1), q.reshape(-1))
+
+
+def test_a_killed_gguf_compress_resumes_to_the_same_file(tmp_path, rng):
+    src = tmp_path / "in.gguf"
+    w = GGUFWriter(str(src), "llama")
+    for i in range(8):
+        w.add_tensor(f"blk.{i}.ffn_up.weight", (rng.standard_normal((512, 1024)) * 0.05).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    clean = tmp_path / "clean.gguf"
+    assert main(["compress", str(src), str(clean), "--quantize", "q4_0", "-q"]) == 0
+    out = tmp_path / "out.gguf"
+    work = tmp_path / ".out.gguf.work.zarr"
+    p = subprocess.Popen(cli("compress", src, out, "--quantize", "q4_0", "--memory-budget", "1MiB"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(p, lambda: len(list(work.glob("*/zarr.json"))) >= 3)
+    assert p.returncode == -signal.SIGKILL, "finished before it could be killed"
+    assert not out.exists()
+    assert main(["compress", str(src), str(out), "--quantize", "q4_0", "--resume", "-q"]) == 0
+    assert out.read_bytes() == clean.read_bytes()
+    assert not work.exists()
+
+
+def _corrupt(kind, good, path):
+    b = bytearray(good.read_bytes())
+    r = GGUFReader(str(good))
+    t0, t1 = r.tensors[0], r.tensors[1]
+    if kind == "truncated":
+        b = b[: len(b) - 100]
+    elif kind == "bad-magic":
+        b[:4] = b"GGUX"
+    elif kind == "unknown-type":  # the first tensor's type field: after its name, n_dims and dims
+        at = t0.field.offset + 8 + len(t0.name) + 4 + 8 * len(t0.shape)
+        b[at:at + 4] = struct.pack("<I", 99)
+    elif kind == "overlap":  # the second tensor's offset becomes the first's
+        at = t1.field.offset + 8 + len(t1.name) + 4 + 8 * len(t1.shape) + 4
+        b[at:at + 8] = struct.pack("<Q", 0)
+    elif kind == "header-cut":
+        b = b[:40]
+    path.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("kind, needle", [("truncated", "truncated"), ("bad-magic", "not a GGUF file"),
+                                          ("unknown-type", "ggml type number 99"), ("overlap", "overlap"),
+                                          ("header-cut", "truncated or corrupt")])
+def test_bad_gguf_input_is_one_line_for_every_command(tmp_path, rng, capsys, kind, needle):
+    good = tmp_path / "good.gguf"
+    _llama_gguf(good, rng)
+    bad = tmp_path / "bad.gguf"
+    _corrupt(kind, good, bad)
+    for argv in (["info", str(bad)], ["import", str(bad), str(tmp_path / "s")],
+                 ["compress", str(bad), str(tmp_path / "o.gguf"), "--quantize", "q8_0"],
+                 ["verify", str(bad), str(bad)]):
+        capsys.readouterr()
+        assert main(argv) == 1, argv
+        one_line_error(capsys, needle)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "o.gguf").exists()
+
+
+def test_what_gguf_cannot_hold_is_refused_before_any_work(tmp_path, rng, capsys):
+    src = tmp_path / "in.gguf"
+    _llama_gguf(src, rng)
+    out = tmp_path / "o.gguf"
+    capsys.readouterr()
+    assert main(["compress", str(src), str(out), "--quantize", "int8:channel"]) == 1
+    one_line_error(capsys, "ggml's block types")
+    assert not out.exists() and not list(tmp_path.glob(".o.gguf*.zarr"))
+    # a store of a non-ggml scheme has no GGUF export either
+    assert main(["compress", str(src), str(tmp_path / "c.zarr"), "--quantize", "int8:channel", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "c.zarr"), str(out)]) == 1
+    one_line_error(capsys, "has no GGUF form")
+    assert not out.exists()
+
+
+def test_overwrite_replaces_only_a_gguf_of_ours(tmp_path, rng, capsys):
+    src = tmp_path / "in.gguf"
+    _llama_gguf(src, rng)
+    out = tmp_path / "o.gguf"
+    assert main(["compress", str(src), str(out), "--quantize", "q8_0", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["compress", str(src), str(out), "--quantize", "q4_0"]) == 1
+    one_line_error(capsys, "--overwrite")
+    assert main(["compress", str(src), str(out), "--quantize", "q4_0", "--overwrite", "-q"]) == 0
+    assert GGUFReader(str(out)).tensors[0].tensor_type == T.Q4_0
+    theirs = tmp_path / "theirs.gguf"
+    shutil.copyfile(src, theirs)  # a user's file (no marker of ours beside it)
+    capsys.readouterr()
+    assert main(["compress", str(src), str(theirs), "--quantize", "q8_0", "--overwrite"]) == 1
+    one_line_error(capsys, "")
+    assert theirs.read_bytes() == src.read_bytes()
+    os.utime(out, ns=(1, 1))  # ours, but changed since we wrote it: no longer ours
+    capsys.readouterr()
+    assert main(["compress", str(src), str(out), "--quantize", "q8_0", "--overwrite"]) == 1
+    one_line_error(capsys, "")

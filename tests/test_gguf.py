@@ -284,3 +284,29 @@ def test_overwrite_replaces_only_a_gguf_of_ours(tmp_path, rng, capsys):
     capsys.readouterr()
     assert main(["compress", str(src), str(out), "--quantize", "q8_0", "--overwrite"]) == 1
     one_line_error(capsys, "")
+
+
+@pytest.mark.parametrize("scheme", BLOCK_SCHEMES)
+def test_a_gguf_output_reads_back_as_gguf_py_dequantizes_it_and_verifies(tmp_path, rng, scheme, capsys):
+    """Block-type GGUF tensors are read (dequantized) as gguf-py reads them, so
+    ``verify in.gguf out.gguf`` measures the error of the file itself."""
+    src = tmp_path / "in.gguf"
+    data = _llama_gguf(src, rng)
+    out = tmp_path / "out.gguf"
+    assert main(["compress", str(src), str(out), "--quantize", scheme, "-q"]) == 0
+    assert main(["import", str(out), str(tmp_path / "back.zarr"), "-q"]) == 0
+    import zarr
+
+    g = zarr.open_group(str(tmp_path / "back.zarr"), mode="r")
+    for t in GGUFReader(str(out)).tensors:
+        want = Q.dequantize(np.asarray(t.data), t.tensor_type).reshape(data[t.name].shape)
+        assert np.array_equal(g[t.name][...], want), t.name
+    import json
+
+    assert main(["compress", str(src), str(tmp_path / "c.zarr"), "--quantize", scheme, "--skip-1d", "-q"]) == 0
+    totals = []
+    for o in (out, tmp_path / "c.zarr"):
+        capsys.readouterr()
+        assert main(["verify", str(src), str(o), "--json"]) == 0
+        totals.append(json.loads(capsys.readouterr().out)["total"])
+    assert totals[0] == totals[1] and totals[0]["mse"] > 0  # the file's error is the store's

@@ -265,3 +265,30 @@ def test_nonfinite_error_names_the_first_bad_block(rng, bad, first):
         sc.compress_model({"w": x}, sc.CompressionConfig((stage,)), options=sc.EngineOptions(block_elems=block))
     lo = first_bad * block
     assert f"block {first_bad} (flat elements {lo}..{lo + block - 1}) holds {n_bad} NaN/inf" in str(e.value)
+
+
+def test_a_failed_write_is_the_error_raised_however_often_the_io_is_closed():
+    """A write that fails while others wait behind it: closing raises that write's
+    error (the waiting ones are cancelled), and closing again (the engine's
+    executor and compress_model both close) raises nothing, not a CancelledError
+    that would hide the real cause (a full disk) from the user."""
+    import threading
+
+    from streamcompress.engine import _IO
+
+    io = _IO(True)
+    later = threading.Event()
+
+    def fail():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    io.pending.append(io.writer.submit(later.wait, 5))  # both writer threads busy ...
+    io.pending.appendleft(io.writer.submit(fail))
+    for _ in range(20):  # ... so these wait in the queue (one thread frees up when fail is done)
+        io.pending.append(io.writer.submit(time.sleep, 0.05))
+    io.finishing.append(io.writer.submit(lambda: None))
+    threading.Timer(0.3, later.set).start()  # (the close's shutdown waits for the busy one)
+    with pytest.raises(OSError, match="No space"):
+        io.close()
+    assert any(f.cancelled() for f in io.pending)
+    io.close()  # nothing left to raise

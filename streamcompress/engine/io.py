@@ -141,7 +141,9 @@ class _IO:
         """Wait for every write and after_writes task (raising the first error)."""
         for q in (self.pending, self.finishing):
             while q:
-                q.popleft().result()
+                f = q.popleft()
+                if not f.cancelled():  # (cancelled by a close after an earlier error: that error was raised)
+                    f.result()
 
     def close(self) -> None:
         try:

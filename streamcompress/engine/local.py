@@ -170,6 +170,6 @@ class LocalExecutor:
             yield behind[0], behind[1], behind[2].result()
 
     def close(self) -> None:
-        if self.io is not None:
-            self.io.close()
-            self.io = None
+        io, self.io = self.io, None  # (once: a second close must not raise the first one's leftovers)
+        if io is not None:
+            io.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BLOCK", "BLOCK_BYTES", "GGML_TYPE", "ggml_rows"]
+__all__ = ["BLOCK", "BLOCK_BYTES", "GGML_TYPE", "ggml_rows", "dequantize_blocks"]
 
 #: values per block
 BLOCK = 32
@@ -40,3 +40,28 @@ def ggml_rows(scheme: str, q: np.ndarray, d: np.ndarray, m: np.ndarray | None) -
             parts.append(np.packbits(u >> np.uint8(4), axis=-1, bitorder="little"))
         parts.append((u[..., :16] & np.uint8(0x0F)) | (u[..., 16:] << np.uint8(4)))
     return np.concatenate(parts, axis=-1).reshape(rows, nb * BLOCK_BYTES[scheme])
+
+
+def dequantize_blocks(scheme: str, raw: np.ndarray) -> np.ndarray:
+    """float32 values of ``(n_blocks, BLOCK_BYTES)`` uint8 blocks (as ggml dequantizes them)."""
+    b = raw.reshape(-1, BLOCK_BYTES[scheme])
+    d = b[:, :2].copy().view(np.float16).astype(np.float32)
+    if scheme == "q8_0":
+        return (b[:, 2:].view(np.int8).astype(np.float32) * d).reshape(-1)
+    at = 2
+    m = None
+    if scheme.endswith("_1"):
+        m = b[:, 2:4].copy().view(np.float16).astype(np.float32)
+        at = 4
+    hi = None
+    if scheme.startswith("q5"):
+        hi = np.unpackbits(b[:, at:at + 4], axis=1, bitorder="little")  # bit j of the block: value j's bit 4
+        at += 4
+    qs = b[:, at:]
+    q = np.concatenate([qs & np.uint8(0x0F), qs >> np.uint8(4)], axis=1)
+    if hi is not None:
+        q = q | (hi << np.uint8(4))
+    if m is not None:
+        return (q.astype(np.float32) * d + m).reshape(-1)
+    half = 8 if scheme.startswith("q4") else 16
+    return ((q.astype(np.int16) - half).astype(np.float32) * d).reshape(-1)

@@ -9,8 +9,9 @@ each a GGUF file of its own, the first holding the model's key/values.
 
 Every record is bounds-checked before anything is read; a tensor's data are
 read with ``pread`` a block at a time (never a whole tensor). numpy's shape is
-``ne`` reversed. F32, F16 and BF16 tensors are read as stored; Q8_0 tensors
-are dequantized (``d * q``) as they are read.
+``ne`` reversed. F32, F16, BF16 and integer tensors are read as stored; the
+ggml block types Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 are dequantized as they are
+read (``blocks.dequantize_blocks``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ TYPE_NAMES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1
               27: ("I64", 1, 8), 28: ("F64", 1, 8), 30: ("BF16", 1, 2)}
 #: types read as they are (safetensors dtype names) and the one dequantized on reading
 _DENSE = {0: "F32", 1: "F16", 30: "BF16", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64"}
-_Q8_0 = 8
 _MAX_COUNT = 1 << 24
 _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<n>\d{5})\.gguf$")
 
@@ -214,10 +214,9 @@ def _check_tensors(h: GGUFHeader) -> None:
         if t.name in seen:
             raise CorruptCheckpoint(f"'{h.path}' has tensor '{t.name}' twice")
         seen.add(t.name)
-        if t.type not in TYPE_NAMES or (t.type not in _DENSE and t.type != _Q8_0):
-            tname = TYPE_NAMES.get(t.type, (f"number {t.type}",))[0]
-            raise CorruptCheckpoint(f"{where} has ggml type {tname}, which streamcompress cannot read "
-                                    "(F32, F16, BF16, Q8_0 and integer tensors)")
+        if t.type not in TYPE_NAMES:
+            raise CorruptCheckpoint(f"{where} has ggml type number {t.type}, which streamcompress cannot read "
+                                    "(F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and integer tensors)")
         per = TYPE_NAMES[t.type][1]
         if t.ne[0] % per:
             raise CorruptCheckpoint(f"{where}: a row of {t.ne[0]} values is not whole blocks of {per}")
@@ -247,30 +246,32 @@ def split_parts(path: Path) -> list[Path]:
     return parts
 
 
-class Q8_0Source(SafetensorsSource):
-    """A Q8_0 tensor, dequantized to float32 as it is read (whole blocks of 32)."""
+class BlockSource(SafetensorsSource):
+    """A tensor of a ggml block type (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), dequantized to
+    float32 as it is read (whole blocks of 32)."""
 
     block_multiple = 32
 
-    def __init__(self, entry: STEntry, fds: dict[Path, int]) -> None:
+    def __init__(self, entry: STEntry, fds: dict[Path, int], ggml_type: int) -> None:
         super().__init__(entry, fds)
+        self.scheme = TYPE_NAMES[ggml_type][0].lower()
+        self.block_bytes = TYPE_NAMES[ggml_type][2]
         self._raw = np.dtype(np.float32)
         self.logical_dtype = "float32"
         self.attrs = {}
         self.meta = TensorMeta(entry.name, entry.shape, "float32")
 
     def read_raw(self, block: Block) -> np.ndarray:
+        from .blocks import dequantize_blocks
+
         if block.start % 32 or block.size % 32:
-            raise InvalidStore(f"tensor '{self.meta.name}': Q8_0 is read in whole blocks of 32")
-        off = self.entry.begin + block.start // 32 * 34
-        want = block.size // 32 * 34
+            raise InvalidStore(f"tensor '{self.meta.name}': {self.scheme} is read in whole blocks of 32")
+        off = self.entry.begin + block.start // 32 * self.block_bytes
+        want = block.size // 32 * self.block_bytes
         buf = os.pread(self._fd(), want, off)
         if len(buf) != want:
             raise CorruptCheckpoint(f"'{self.entry.path}' ended inside tensor '{self.entry.name}'")
-        b = np.frombuffer(buf, np.uint8).reshape(-1, 34)
-        d = b[:, :2].copy().view(np.float16).astype(np.float32)
-        q = b[:, 2:].view(np.int8).astype(np.float32)
-        return (q * d).astype(np.float32).reshape(block.shape)
+        return dequantize_blocks(self.scheme, np.frombuffer(buf, np.uint8)).reshape(block.shape)
 
 
 class GGUFFormat(Format):
@@ -302,9 +303,9 @@ class GGUFFormat(Format):
                 if t.name in types:
                     raise CorruptCheckpoint(f"tensor '{t.name}' is in more than one part of '{path.name}'")
                 begin = h.data_start + t.offset
-                if t.type == _Q8_0:
+                if t.type not in _DENSE:
                     e = STEntry(t.name, "F32", t.shape, begin, begin + t.nbytes, h.path)
-                    sources.append(Q8_0Source(e, fds))
+                    sources.append(BlockSource(e, fds, t.type))
                 else:
                     e = STEntry(t.name, _DENSE[t.type], t.shape, begin, begin + t.nbytes, h.path)
                     sources.append(SafetensorsSource(e, fds))

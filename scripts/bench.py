@@ -208,6 +208,9 @@ def main(argv=None) -> int:
     p.add_argument("--memory-budget", default="256MiB")
     p.add_argument("--data-dir", default="bench_data")
     p.add_argument("--json", default="bench_results.json")
+    p.add_argument("--gguf-peer", action="store_true",
+                   help="also F32 GGUF -> Q8_0 GGUF against llama.cpp's quantizer (scripts/ggml_peer.py; needs "
+                        "the llama_cpp module: PyPI llama-cpp-python, built from source)")
     p.add_argument("--floor-run", nargs=3, metavar=("SRC", "OUT", "PIPELINE"), help=argparse.SUPPRESS)
     p.add_argument("--floor-direct-run", nargs=3, metavar=("SRC", "OUT", "PIPELINE"), help=argparse.SUPPRESS)
     p.add_argument("--numpy-run", nargs=3, metavar=("SRC", "OUT", "PIPELINE"), help=argparse.SUPPRESS)
@@ -247,6 +250,20 @@ def main(argv=None) -> int:
                              "median_peak_rss": statistics.median(x["peak_rss"] for x in s),
                              "out_bytes": s[-1]["out_bytes"], "seconds": [x["seconds"] for x in s]}
             results["runs"].append(row)
+
+    if a.gguf_peer:
+        import importlib.util
+
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise SystemExit("--gguf-peer needs the llama_cpp module (pip install llama-cpp-python)")
+        from ggml_peer import speed
+
+        results["gguf_peer"] = [speed(size, a.reps, data) for size in a.sizes]
+        for r in results["gguf_peer"]:
+            print(f"  gguf {r['size']} q8_0: streamcompress {r['median_s']['streamcompress']:.2f} s "
+                  f"{r['peak_rss_mib']['streamcompress']:.0f} MiB, llama.cpp (+sync) {r['median_s']['llama.cpp']:.2f} s "
+                  f"{r['peak_rss_mib']['llama.cpp']:.0f} MiB: ours at {r['ours_speed_vs_llama_cpp']:.2f}x its speed, "
+                  f"tensors identical: {r['tensors_identical']}", flush=True)
 
     print()
     print(f"{'size':<6} {'pipeline':<24} {'sc GB/s':>8} {'floor GB/s':>10} {'sc/floor':>8} "

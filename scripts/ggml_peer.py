@@ -13,7 +13,9 @@ For a llama-architecture F32 GGUF made with gguf-py:
    run is followed by ``sync``); median wall time and peak RSS of each process.
 
     python scripts/ggml_peer.py                      # 1 and 2, for q8_0 and q4_0
-    python scripts/ggml_peer.py --size 1GB --reps 3  # and 3
+    python scripts/ggml_peer.py --size 1GB 4GB --reps 3  # and 3
+
+``scripts/bench.py --gguf-peer`` runs 3 beside its own benchmark.
 """
 
 from __future__ import annotations
@@ -147,10 +149,39 @@ def timed(cmd: list[str], then_sync: bool) -> tuple[float, float]:
     return wall, int(out.stderr.strip().splitlines()[-1]) / 1024
 
 
+def speed(size: str, reps: int, work: Path, qtype: str = "q8_0") -> dict:
+    """F32 GGUF of about ``size`` to ``qtype`` by both, interleaved ``reps`` pairs:
+    median wall seconds, peak RSS, and whether the outputs' tensors are identical."""
+    from streamcompress.engine import parse_size
+
+    target = parse_size(size)
+    hidden, ffn, vocab = 2048, 5632, 32000
+    per_layer = 4 * (4 * hidden * hidden + 3 * hidden * ffn)
+    layers = max(1, round((target - 2 * vocab * hidden * 4) / per_layer))
+    big = work / f"big-f32-{size}.gguf"
+    if not big.exists():
+        make_llama(big, hidden=hidden, layers=layers, ffn=ffn, vocab=vocab)
+    subprocess.run(["cat", str(big)], stdout=subprocess.DEVNULL, check=True)  # (both read from the page cache)
+    rows: dict[str, list[tuple[float, float]]] = {"streamcompress": [], "llama.cpp": []}
+    for _ in range(reps):  # interleaved pairs
+        rows["streamcompress"].append(timed(ours(big, work / "o-ours.gguf", qtype), then_sync=False))
+        (work / "o-llama.gguf").unlink(missing_ok=True)
+        rows["llama.cpp"].append(timed(llama_quantize(big, work / "o-llama.gguf", qtype), then_sync=True))
+    same = compare(work / "o-llama.gguf", work / "o-ours.gguf")
+    med = {k: (statistics.median(w for w, _ in v), max(m for _, m in v)) for k, v in rows.items()}
+    out = {"size": size, "input_bytes": big.stat().st_size, "layers": layers, "type": qtype,
+           "median_s": {k: v[0] for k, v in med.items()}, "peak_rss_mib": {k: v[1] for k, v in med.items()},
+           "ours_speed_vs_llama_cpp": med["llama.cpp"][0] / med["streamcompress"][0],
+           "tensors_identical": not same["tensors_differing"], "keys_differing": same["keys_differing"]}
+    for f in (work / "o-ours.gguf", work / "o-llama.gguf", big):
+        f.unlink(missing_ok=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--types", nargs="+", default=["q8_0", "q4_0"])
-    ap.add_argument("--size", default=None, help="also time Q8_0 on a model of about this size (e.g. 1GB)")
+    ap.add_argument("--size", nargs="*", default=None, help="also time Q8_0 on models of about these sizes (1GB 4GB)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dir", default=None, help="working directory (default: a temporary one)")
     args = ap.parse_args()
@@ -169,30 +200,9 @@ def main() -> None:
         c["logits_max_abs_diff"] = float(np.max(np.abs(la - lb)))
         report[q] = c
         print(q, json.dumps(c))
-    if args.size:
-        from streamcompress.engine import parse_size
-
-        target = parse_size(args.size)
-        hidden, ffn = 2048, 5632
-        per_layer = 4 * (4 * hidden * hidden + 3 * hidden * ffn)
-        layers = max(1, round((target - 2 * 32000 * hidden * 4) / per_layer))
-        big = work / f"big-f32-{args.size}.gguf"
-        if not big.exists():
-            make_llama(big, hidden=hidden, layers=layers, ffn=ffn, vocab=32000)
-        size = big.stat().st_size
-        subprocess.run(["cat", str(big)], stdout=subprocess.DEVNULL, check=True)  # (both read from the page cache)
-        rows: dict[str, list[tuple[float, float]]] = {"streamcompress": [], "llama.cpp": []}
-        for _ in range(args.reps):  # interleaved pairs
-            rows["streamcompress"].append(timed(ours(big, work / "o-ours.gguf", "q8_0"), then_sync=False))
-            (work / "o-llama.gguf").unlink(missing_ok=True)
-            rows["llama.cpp"].append(timed(llama_quantize(big, work / "o-llama.gguf", "q8_0"), then_sync=True))
-        same = compare(work / "o-llama.gguf", work / "o-ours.gguf")
-        med = {k: (statistics.median(w for w, _ in v), max(m for _, m in v)) for k, v in rows.items()}
-        ratio = med["llama.cpp"][0] / med["streamcompress"][0]
-        report["speed"] = {"input_bytes": size, "layers": layers, "median_s": {k: v[0] for k, v in med.items()},
-                           "peak_rss_mib": {k: v[1] for k, v in med.items()},
-                           "ours_speed_vs_llama_cpp": ratio, "bytes_identical": not same["tensors_differing"]}
-        print(json.dumps(report["speed"], indent=2))
+    for size in args.size or []:
+        report[f"speed {size}"] = speed(size, args.reps, work)
+        print(json.dumps(report[f"speed {size}"], indent=2))
     (work / "report.json").write_text(json.dumps(report, indent=2))
 
 

@@ -310,3 +310,37 @@ def test_a_gguf_output_reads_back_as_gguf_py_dequantizes_it_and_verifies(tmp_pat
         assert main(["verify", str(src), str(o), "--json"]) == 0
         totals.append(json.loads(capsys.readouterr().out)["total"])
     assert totals[0] == totals[1] and totals[0]["mse"] > 0  # the file's error is the store's
+
+
+def test_a_split_gguf_export_is_named_and_keyed_as_gguf_split_and_reads_back(tmp_path, rng):
+    src = tmp_path / "in.gguf"
+    data = _llama_gguf(src, rng)
+    store = tmp_path / "c.zarr"
+    assert main(["compress", str(src), str(store), "--quantize", "q8_0", "--skip-1d", "-q"]) == 0
+    one, parts = tmp_path / "one.gguf", tmp_path / "parts"
+    assert main(["export", str(store), str(one), "-q"]) == 0
+    assert main(["export", str(store), str(parts), "--format", "gguf", "--max-shard-size", "10KB", "-q"]) == 0
+    files = sorted(parts.glob("*.gguf"))
+    n = len(files)
+    assert n > 2 and [f.name for f in files] == [f"model-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1)]
+    whole = {t.name: t for t in GGUFReader(str(one)).tensors}
+    seen = []
+    for i, f in enumerate(files):
+        fields = _fields(f)
+        assert (fields["split.no"], fields["split.count"], fields["split.tensors.count"]) == (i, n, len(data))
+        if i == 0:  # the model's key/values in the first part only
+            assert {k: v for k, v in fields.items() if not k.startswith("split.")} == _fields(one)
+        else:
+            assert set(fields) == {"split.no", "split.count", "split.tensors.count"}
+        for t in GGUFReader(str(f)).tensors:
+            w = whole[t.name]
+            assert t.tensor_type == w.tensor_type and np.array_equal(np.asarray(t.data), np.asarray(w.data))
+            seen.append(t.name)
+    assert seen == list(data)
+    # the split model reads back whole (from its first part), and exports to the same single file
+    assert main(["import", str(files[0]), str(tmp_path / "back.zarr"), "-q"]) == 0
+    assert main(["export", str(tmp_path / "back.zarr"), str(tmp_path / "again.gguf"), "-q"]) == 0
+    a = {t.name: np.asarray(t.data) for t in GGUFReader(str(tmp_path / "again.gguf")).tensors}
+    assert list(a) == list(data)
+    files[1].unlink()
+    assert main(["info", str(files[0])]) == 1  # a part missing: refused

@@ -182,10 +182,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     opts = EngineOptions(progress=not args.quiet and sys.stderr.isatty(), missing_chunks=args.missing_chunks)
     fmt = args.fmt or format_of_suffix(args.output) or "dense"
     paths = export_checkpoint(args.input, args.output, dtype=args.dtype, fmt=fmt,
-                              max_shard_size=parse_size(args.max_shard_size), overwrite=args.overwrite,
+                              max_shard_size=parse_size(args.max_shard_size) if args.max_shard_size else None,
+                              overwrite=args.overwrite,
                               options=opts)
     if not args.quiet:
-        what = "1 file" if fmt == "gguf" else f"{len(paths)} shard(s)"
+        what = "1 file" if len(paths) == 1 and str(args.output).endswith(".gguf") else f"{len(paths)} shard(s)"
         print(f"exported {what} to {args.output} ({fmt})")
     return 0
 

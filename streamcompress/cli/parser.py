@@ -211,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "them (loads in transformers and vLLM); gguf: one GGUF v3 file, ggml block schemes "
                          "as their blocks (llama.cpp); dense: plain safetensors (default; gguf when DEST ends "
                          "in .gguf)")
-    ex.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest shard (default 5GB)")
+    ex.add_argument("--max-shard-size", default=None, metavar="SIZE",
+                    help="largest shard (default 5GB; GGUF: one file unless given, then a split model in "
+                         "directory DEST, named as gguf-split names parts)")
     ex.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     _add_missing_flag(ex)
     ex.add_argument("-q", "--quiet", action="store_true", help="no progress bar, nothing printed on success")

@@ -93,7 +93,7 @@ def export_checkpoint(
     *,
     dtype: str = "keep",
     fmt: str = "dense",
-    max_shard_size: int = 5 * 10**9,
+    max_shard_size: int | None = None,
     overwrite: bool = False,
     options: EngineOptions | None = None,
 ) -> list[Path]:
@@ -110,13 +110,15 @@ def export_checkpoint(
         raise ConfigError(f"unknown export format '{fmt}' (choose from {', '.join(EXPORT_FORMATS)})")
     if dtype not in ("keep", "float32", "float16", "bfloat16"):
         raise ConfigError(f"export dtype must be keep, float32, float16 or bfloat16, got '{dtype}'")
-    if max_shard_size < 1:
+    if max_shard_size is not None and max_shard_size < 1:
         raise ConfigError("max_shard_size must be positive")
     check_apart([store], dest)
     exp = exporter(fmt)
     ckpt = open_checkpoint(store, options.missing_chunks)
-    if exp.single_file:
+    if exp.single_file and Path(dest).suffix == exp.suffix:  # (else: a directory of parts)
         return [_export_file(exp, ckpt, store, Path(dest), dtype, max_shard_size, overwrite, options)]
+    if max_shard_size is None:
+        max_shard_size = None if exp.single_file else 5 * 10**9
 
     def build(tmp: Path) -> list[Path]:
         tmp.mkdir()

@@ -231,6 +231,6 @@ class Exporter(ABC):
 
     @abstractmethod
     def write(self, ckpt: Checkpoint, dest: Path, streams: ByteStreams, *, dtype: str,
-              max_shard_size: int) -> list[Path]:
+              max_shard_size: int | None) -> list[Path]:
         """Write every tensor of ``ckpt`` into the empty directory ``dest`` (made aside
         by the engine, renamed into place after); return the data files written."""

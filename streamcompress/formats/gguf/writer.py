@@ -61,34 +61,41 @@ class GGUFExporter(Exporter):
     suffix = ".gguf"
 
     def write(self, ckpt: Checkpoint, dest: Path, streams: ByteStreams, *, dtype: str,
-              max_shard_size: int) -> list[Path]:
+              max_shard_size: int | None) -> list[Path]:
+        """One file at ``dest``; or, when ``dest`` is a directory, a split model in
+        it (``model-0000i-of-0000N.gguf``, as ``gguf-split`` names and keys them)
+        of parts of at most ``max_shard_size`` bytes of tensor data (a tensor
+        larger than that is a part of its own)."""
         if sys.byteorder != "little":
             raise ConfigError("GGUF export needs a little-endian machine")
         outs = [self._tensor(s, dtype, streams) for s in ckpt.sources]
         kv, align = self._metadata(ckpt, outs)
-        infos = []
-        off = 0
+        if not dest.is_dir():
+            if max_shard_size is not None and sum(t.nbytes for t in outs) > max_shard_size:
+                raise ConfigError(f"the model is larger than --max-shard-size ({max_shard_size} bytes): a split "
+                                  "GGUF is written into a directory (give DEST without .gguf, with --format gguf)")
+            _write_file(dest, kv, outs, align)
+            return [dest]
+        parts: list[list[_Out]] = [[]]
+        size = 0
         for t in outs:
-            ne = tuple(reversed(t.shape)) or (1,)
-            infos.append(_string(t.name) + struct.pack("<I", len(ne)) + struct.pack(f"<{len(ne)}Q", *ne)
-                         + struct.pack("<IQ", t.ggml, off))
-            off += -(-t.nbytes // align) * align
-        head = (GGUF_MAGIC + struct.pack("<IQQ", 3, len(outs), len(kv)) + b"".join(r.raw for r in kv)
-                + b"".join(infos))
-        head += b"\0" * (-len(head) % align)
-        with open(dest, "wb") as f:
-            f.write(head)
-            for t in outs:
-                written = 0
-                for chunk in t.stream():
-                    f.write(chunk)
-                    written += len(chunk)
-                if written != t.nbytes:
-                    raise InvalidStore(f"tensor '{t.name}' streamed {written} bytes, expected {t.nbytes}")
-                f.write(b"\0" * (-written % align))
-            f.flush()
-            os.fsync(f.fileno())
-        return [dest]
+            if parts[-1] and max_shard_size is not None and size + t.nbytes > max_shard_size:
+                parts.append([])
+                size = 0
+            parts[-1].append(t)
+            size += t.nbytes
+        n = len(parts)
+        paths = []
+        for i, part in enumerate(parts):
+            split = [KV("split.no", VT["UINT16"], i, _string("split.no") + struct.pack("<IH", VT["UINT16"], i)),
+                     KV("split.count", VT["UINT16"], n,
+                        _string("split.count") + struct.pack("<IH", VT["UINT16"], n)),
+                     KV("split.tensors.count", VT["INT32"], len(outs),
+                        _string("split.tensors.count") + struct.pack("<Ii", VT["INT32"], len(outs)))]
+            path = dest / f"model-{i + 1:05d}-of-{n:05d}.gguf"
+            _write_file(path, (kv if i == 0 else []) + split, part, align)
+            paths.append(path)
+        return paths
 
     # -- tensors ---------------------------------------------------------------
     def _tensor(self, s: TensorSource, dtype: str, streams: ByteStreams) -> _Out:
@@ -140,6 +147,32 @@ class GGUFExporter(Exporter):
         if any(t.kind in BLOCK_BYTES for t in outs) and not any(r.key == "general.quantization_version" for r in kv):
             kv.append(_kv_u32("general.quantization_version", 2))
         return kv, align
+
+
+def _write_file(dest: Path, kv: list[KV], outs: list[_Out], align: int) -> None:
+    """Header (key/values, tensor infos, padding), then each tensor's bytes padded to ``align``."""
+    infos = []
+    off = 0
+    for t in outs:
+        ne = tuple(reversed(t.shape)) or (1,)
+        infos.append(_string(t.name) + struct.pack("<I", len(ne)) + struct.pack(f"<{len(ne)}Q", *ne)
+                     + struct.pack("<IQ", t.ggml, off))
+        off += -(-t.nbytes // align) * align
+    head = (GGUF_MAGIC + struct.pack("<IQQ", 3, len(outs), len(kv)) + b"".join(r.raw for r in kv)
+            + b"".join(infos))
+    head += b"\0" * (-len(head) % align)
+    with open(dest, "wb") as f:
+        f.write(head)
+        for t in outs:
+            written = 0
+            for chunk in t.stream():
+                f.write(chunk)
+                written += len(chunk)
+            if written != t.nbytes:
+                raise InvalidStore(f"tensor '{t.name}' streamed {written} bytes, expected {t.nbytes}")
+            f.write(b"\0" * (-written % align))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _set(kv: list[KV], new: KV) -> list[KV]:

@@ -124,7 +124,10 @@ def _llama_gguf(path, rng, ftype=None, dtype=np.float32):
               "output.weight": (100, 64)}
     data = {k: (rng.standard_normal(s) * 0.05).astype(dtype) for k, s in shapes.items()}
     for k, v in data.items():
-        w.add_tensor(k, v)
+        if v.dtype.name == "bfloat16":  # (gguf-py takes its bits)
+            w.add_tensor(k, v.view(np.uint16), raw_shape=v.shape, raw_dtype=T.BF16)
+        else:
+            w.add_tensor(k, v)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -159,10 +162,16 @@ def test_gguf_in_quantized_gguf_out_as_gguf_py_reads_it(tmp_path, rng, scheme):
     assert not list(tmp_path.glob(".out.gguf.work*")), "the work store is removed"
 
 
-@pytest.mark.parametrize("dtype, ftype", [(np.float32, 0), (np.float16, 1)])
+@pytest.mark.parametrize("dtype, ftype", [(np.float32, 0), (np.float16, 1), ("bfloat16", 32)])
 def test_float_gguf_round_trips_through_zarr_byte_for_byte(tmp_path, rng, dtype, ftype):
     src = tmp_path / "in.gguf"
-    _llama_gguf(src, rng, ftype=ftype, dtype=dtype)
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        data = _llama_gguf(src, rng, ftype=ftype, dtype=ml_dtypes.bfloat16)
+        assert all(GGUFReader(str(src)).tensors[i].tensor_type == T.BF16 for i in range(len(data)))
+    else:
+        _llama_gguf(src, rng, ftype=ftype, dtype=dtype)
     assert main(["import", str(src), str(tmp_path / "s.zarr"), "-q"]) == 0
     assert main(["export", str(tmp_path / "s.zarr"), str(tmp_path / "back.gguf"), "-q"]) == 0
     assert (tmp_path / "back.gguf").read_bytes() == src.read_bytes()

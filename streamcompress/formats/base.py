@@ -29,7 +29,7 @@ from ..layout import Block, TensorMeta
 
 __all__ = ["TensorSource", "Checkpoint", "Format", "Sink", "Exporter", "ByteStreams", "OutTensor",
            "LOGICAL_DTYPE_ATTR", "TENSOR_ORDER_ATTR", "MASK_GROUP", "AUX_DIR", "MISSING_CHUNKS", "CODECS",
-           "stored_nbytes", "digest"]
+           "stored_nbytes", "digest", "write_stream"]
 
 #: Subgroup holding prune masks (``__masks__/<tensor>``).
 MASK_GROUP = "__masks__"
@@ -217,6 +217,18 @@ class OutTensor:
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.itemsize
+
+
+def write_stream(f: Any, name: str, nbytes: int, stream: Stream) -> None:
+    """Write a tensor's stream into the open file ``f``, checking it gave ``nbytes``."""
+    written = 0
+    for chunk in stream():
+        f.write(chunk)
+        written += len(chunk)
+    if written != nbytes:
+        from ..errors import InvalidStore
+
+        raise InvalidStore(f"tensor '{name}' streamed {written} bytes, expected {nbytes}")
 
 
 class Exporter(ABC):

@@ -24,7 +24,8 @@ import numpy as np
 from ..errors import CorruptCheckpoint, InvalidStore, StoreNotFound
 from ..layout import Block, TensorMeta
 from ..safety import bad_member_name
-from .base import LOGICAL_DTYPE_ATTR, ByteStreams, Checkpoint, Exporter, Format, OutTensor, TensorSource, digest
+from .base import (LOGICAL_DTYPE_ATTR, ByteStreams, Checkpoint, Exporter, Format, OutTensor, TensorSource, digest,
+                   write_stream)
 
 __all__ = ["SafetensorsFormat", "DenseExporter", "SafetensorsSource", "scan_checkpoint", "write_safetensors",
            "write_shards", "st_dtype_of", "check_name", "ST_DTYPES", "INDEX_NAME", "CorruptCheckpoint"]
@@ -303,12 +304,7 @@ def write_safetensors(path: Path, tensors: list[OutTensor], metadata: dict[str, 
         f.write(struct.pack("<Q", len(hb)))
         f.write(hb)
         for t in ordered:
-            written = 0
-            for chunk in t.stream():
-                f.write(chunk)
-                written += len(chunk)
-            if written != t.nbytes:
-                raise InvalidStore(f"tensor '{t.name}' streamed {written} bytes, expected {t.nbytes}")
+            write_stream(f, t.name, t.nbytes, t.stream)
         f.flush()
         os.fsync(f.fileno())
     return 8 + len(hb) + off

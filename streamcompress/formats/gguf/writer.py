@@ -23,8 +23,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ...errors import ConfigError, InvalidStore
-from ..base import AUX_DIR, ByteStreams, Checkpoint, Exporter, TensorSource
+from ...errors import ConfigError
+from ..base import AUX_DIR, ByteStreams, Checkpoint, Exporter, TensorSource, write_stream
 from .blocks import BLOCK, BLOCK_BYTES, GGML_TYPE, ggml_rows
 from .reader import GGUF_MAGIC, KV, VT, parse_kv
 
@@ -164,13 +164,8 @@ def _write_file(dest: Path, kv: list[KV], outs: list[_Out], align: int) -> None:
     with open(dest, "wb") as f:
         f.write(head)
         for t in outs:
-            written = 0
-            for chunk in t.stream():
-                f.write(chunk)
-                written += len(chunk)
-            if written != t.nbytes:
-                raise InvalidStore(f"tensor '{t.name}' streamed {written} bytes, expected {t.nbytes}")
-            f.write(b"\0" * (-written % align))
+            write_stream(f, t.name, t.nbytes, t.stream)
+            f.write(b"\0" * (-t.nbytes % align))
         f.flush()
         os.fsync(f.fileno())
 

@@ -146,10 +146,23 @@ def _compress_to_file(tensors: Any, config: CompressionConfig, fmt: str, output:
     result = compress_model(sources if not isinstance(tensors, (str, os.PathLike)) else tensors, config,
                             output=work, overwrite=work.exists() and not again, resume=again, options=options,
                             executor=executor)
+    _release_memory()  # (the export's buffers reuse what the compress let go of)
     export_checkpoint(work, output, fmt=fmt, overwrite=overwrite, options=options)
     remove_output(work)
     result.stored_bytes = output.stat().st_size
     return result
+
+
+def _release_memory() -> None:
+    """Give freed heap back to the system between two phases of one run (glibc only)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _compress(run: Run, tensors: Any, sink: MemorySink | ZarrSink, executor: Any, resuming: bool,

@@ -29,7 +29,7 @@ from ..layout import Block, TensorMeta
 
 __all__ = ["TensorSource", "Checkpoint", "Format", "Sink", "Exporter", "ByteStreams", "OutTensor",
            "LOGICAL_DTYPE_ATTR", "TENSOR_ORDER_ATTR", "MASK_GROUP", "AUX_DIR", "MISSING_CHUNKS", "CODECS",
-           "stored_nbytes", "digest", "write_stream"]
+           "stored_nbytes", "digest", "write_stream", "split_greedy"]
 
 #: Subgroup holding prune masks (``__masks__/<tensor>``).
 MASK_GROUP = "__masks__"
@@ -217,6 +217,20 @@ class OutTensor:
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.itemsize
+
+
+def split_greedy(tensors: list[Any], max_bytes: int | None) -> list[list[Any]]:
+    """``tensors`` (with ``nbytes``) in order, in parts of at most ``max_bytes``
+    (a tensor larger than that is a part of its own; None: one part)."""
+    parts: list[list[Any]] = [[]]
+    size = 0
+    for t in tensors:
+        if parts[-1] and max_bytes is not None and size + t.nbytes > max_bytes:
+            parts.append([])
+            size = 0
+        parts[-1].append(t)
+        size += t.nbytes
+    return parts
 
 
 def write_stream(f: Any, name: str, nbytes: int, stream: Stream) -> None:

@@ -25,7 +25,7 @@ from ..errors import CorruptCheckpoint, InvalidStore, StoreNotFound
 from ..layout import Block, TensorMeta
 from ..safety import bad_member_name
 from .base import (LOGICAL_DTYPE_ATTR, ByteStreams, Checkpoint, Exporter, Format, OutTensor, TensorSource, digest,
-                   write_stream)
+                   split_greedy, write_stream)
 
 __all__ = ["SafetensorsFormat", "DenseExporter", "SafetensorsSource", "scan_checkpoint", "write_safetensors",
            "write_shards", "st_dtype_of", "check_name", "ST_DTYPES", "INDEX_NAME", "CorruptCheckpoint"]
@@ -316,14 +316,7 @@ def write_shards(dest: Path, tensors: list[OutTensor], max_shard_size: int,
     """Write ``tensors`` as shards of at most ``max_shard_size`` bytes (greedy, in
     order) named as Hugging Face names them, with an index when there are
     several; ``single_metadata`` goes into a lone file's header."""
-    shards: list[list[OutTensor]] = [[]]
-    size = 0
-    for t in tensors:
-        if shards[-1] and size + t.nbytes > max_shard_size:
-            shards.append([])
-            size = 0
-        shards[-1].append(t)
-        size += t.nbytes
+    shards = split_greedy(tensors, max_shard_size)
     n = len(shards)
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     st_meta = single_metadata if n == 1 else {"format": "pt"}

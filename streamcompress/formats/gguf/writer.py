@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ...errors import ConfigError
-from ..base import AUX_DIR, ByteStreams, Checkpoint, Exporter, TensorSource, write_stream
+from ..base import AUX_DIR, ByteStreams, Checkpoint, Exporter, TensorSource, split_greedy, write_stream
 from .blocks import BLOCK, BLOCK_BYTES, GGML_TYPE, ggml_rows
 from .reader import GGUF_MAGIC, KV, VT, parse_kv
 
@@ -33,7 +33,8 @@ __all__ = ["GGUFExporter", "FILE_TYPE"]
 #: general.file_type (LlamaFileType) of a model whose tensors are mostly of a type
 FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "bf16": 32}
 _DENSE_TYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
-_INT_TYPES = {"int8": 24, "int16": 25, "int32": 26, "int64": 27, "float64": 28}
+#: dtypes written as they are stored (ggml type numbers)
+_AS_STORED = {"int8": 24, "int16": 25, "int32": 26, "int64": 27, "float64": 28}
 _ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2}
 #: ggml's longest tensor name (GGML_MAX_NAME - 1 bytes)
 _MAX_NAME = 63
@@ -76,14 +77,7 @@ class GGUFExporter(Exporter):
                                   "GGUF is written into a directory (give DEST without .gguf, with --format gguf)")
             _write_file(dest, kv, outs, align)
             return [dest]
-        parts: list[list[_Out]] = [[]]
-        size = 0
-        for t in outs:
-            if parts[-1] and max_shard_size is not None and size + t.nbytes > max_shard_size:
-                parts.append([])
-                size = 0
-            parts[-1].append(t)
-            size += t.nbytes
+        parts = split_greedy(outs, max_shard_size)
         n = len(parts)
         paths = []
         for i, part in enumerate(parts):
@@ -118,17 +112,17 @@ class GGUFExporter(Exporter):
                                   f"be whole blocks of {BLOCK} (1-D or 2-D); leave it float (--ignore, --skip-1d)")
             nbytes = n // BLOCK * BLOCK_BYTES[scheme]
             return _Out(name, GGML_TYPE[scheme], scheme, shape, nbytes, _blocks(s, scheme, streams.block_elems))
-        if s.logical_dtype in _INT_TYPES or not s.is_float:
-            if s.logical_dtype not in _INT_TYPES:
+        if s.logical_dtype in _AS_STORED or not s.is_float:
+            if s.logical_dtype not in _AS_STORED:
                 raise ConfigError(f"tensor '{name}' is {s.logical_dtype}, which GGUF does not hold")
             isz = np.dtype(s.logical_dtype).itemsize
-            return _Out(name, _INT_TYPES[s.logical_dtype], s.logical_dtype, shape, n * isz, streams.dense(s, None))
+            return _Out(name, _AS_STORED[s.logical_dtype], s.logical_dtype, shape, n * isz, streams.dense(s, None))
         kind = _DENSE_TYPES.get(s.logical_dtype if dtype == "keep" else dtype)
         if kind is None:
             raise ConfigError(f"tensor '{name}' is {s.logical_dtype}; GGUF floats are float32, float16, bfloat16 "
                               "(pass --dtype)")
-        cast = None if dtype == "keep" and not s.quantized else ("float32" if dtype == "keep" else dtype)
-        return _Out(name, GGML_TYPE[kind], kind, shape, n * _ITEMSIZE[kind], streams.dense(s, cast))
+        return _Out(name, GGML_TYPE[kind], kind, shape, n * _ITEMSIZE[kind],
+                    streams.dense(s, None if dtype == "keep" else dtype))
 
     # -- key/values ------------------------------------------------------------
     def _metadata(self, ckpt: Checkpoint, outs: list[_Out]) -> tuple[list[KV], int]:

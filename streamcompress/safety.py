@@ -223,7 +223,7 @@ def _clear_leftovers(output: Path) -> None:
     """Remove what killed runs of ours left aside (we hold the lock: nobody else is making them)."""
     for tag in _ASIDE_TAGS:
         for p in glob.glob(glob.escape(str(output.parent / f".{output.name}.{tag}-")) + "[0-9]*"):
-            shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else Path(p).unlink(missing_ok=True)
+            _remove(Path(p))
 
 
 @contextlib.contextmanager

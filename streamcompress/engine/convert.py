@@ -117,8 +117,8 @@ def export_checkpoint(
     ckpt = open_checkpoint(store, options.missing_chunks)
     if exp.single_file and Path(dest).suffix == exp.suffix:  # (else: a directory of parts)
         return [_export_file(exp, ckpt, store, Path(dest), dtype, max_shard_size, overwrite, options)]
-    if max_shard_size is None:
-        max_shard_size = None if exp.single_file else 5 * 10**9
+    if max_shard_size is None and not exp.single_file:  # (a split GGUF: one part unless a size is given)
+        max_shard_size = 5 * 10**9
 
     def build(tmp: Path) -> list[Path]:
         tmp.mkdir()

@@ -57,6 +57,7 @@ class TensorPipeline:
     nonfinite : ``"error"`` (default), ``"zero"`` (NaN/inf read as 0) or ``"keep"`` (the seed's
         behaviour: NaN sorts above inf, quantizes to 0; inf poisons the scale); validated by ``EngineOptions``
     want_mask : also produce the prune mask (1 kept, 0 pruned by any prune stage)
+    form : the stored form the encoding writes: ``"zarr"`` (FORMAT.md) or ``"gguf"`` (ggml blocks)
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class TensorPipeline:
         nonfinite: str = "error",
         want_mask: bool = False,
         states: list | None = None,
+        form: str = "zarr",
     ) -> None:
         self.stages = stages
         self.meta = meta
@@ -79,7 +81,7 @@ class TensorPipeline:
         #: planned sweeps found unnecessary (a selector resolved in one pass)
         self.skipped_sweeps = 0
         self._checked = False
-        self.encoding: Encoding = (self.runners[-1].encoding() if self.runners else None) or FloatEncoding(meta)
+        self.encoding: Encoding = (self.runners[-1].encoding(form) if self.runners else None) or FloatEncoding(meta)
 
     @property
     def n_sweeps(self) -> int:

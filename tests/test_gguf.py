@@ -2,11 +2,13 @@
 package): its writer makes the inputs, its reader reads our outputs, and its
 quantizers are the reference for ggml's block types."""
 
+import json
 import os
 import shutil
 import signal
 import struct
 import subprocess
+import time
 import warnings
 
 import numpy as np
@@ -198,27 +200,77 @@ def test_q8_0_gguf_input_is_dequantized_as_gguf_py_does(tmp_path, rng):
     assert np.array_equal(np.asarray(t.data).reshape(-1), q.reshape(-1))
 
 
-def test_a_killed_gguf_compress_resumes_to_the_same_file(tmp_path, rng):
-    src = tmp_path / "in.gguf"
-    w = GGUFWriter(str(src), "llama")
-    for i in range(8):
-        w.add_tensor(f"blk.{i}.ffn_up.weight", (rng.standard_normal((512, 1024)) * 0.05).astype(np.float32))
+def _llama_f32(path, rng, n=8, shape=(512, 1024)):
+    w = GGUFWriter(str(path), "llama")
+    for i in range(n):
+        w.add_tensor(f"blk.{i}.ffn_up.weight", (rng.standard_normal(shape) * 0.05).astype(np.float32))
+    w.add_tensor("output_norm.weight", np.ones(shape[-1], np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    return path
+
+
+def _journal_tensors(journal):
+    try:
+        return max(0, len(journal.read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
+@pytest.mark.parametrize("scheme", ["q4_0", "q8_0"])
+def test_a_killed_gguf_compress_resumes_to_the_same_file(tmp_path, rng, scheme):
+    src = _llama_f32(tmp_path / "in.gguf", rng)
     clean = tmp_path / "clean.gguf"
-    assert main(["compress", str(src), str(clean), "--quantize", "q4_0", "-q"]) == 0
+    assert main(["compress", str(src), str(clean), "--quantize", scheme, "-q"]) == 0
     out = tmp_path / "out.gguf"
-    work = tmp_path / ".out.gguf.work.zarr"
-    p = subprocess.Popen(cli("compress", src, out, "--quantize", "q4_0", "--memory-budget", "1MiB"),
+    work, journal = tmp_path / ".out.gguf.work", tmp_path / ".out.gguf.work.json"
+    p = subprocess.Popen(cli("compress", src, out, "--quantize", scheme, "--memory-budget", "1MiB"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _kill_when(p, lambda: len(list(work.glob("*/zarr.json"))) >= 3)
+    _kill_when(p, lambda: _journal_tensors(journal) >= 3)
     assert p.returncode == -signal.SIGKILL, "finished before it could be killed"
-    assert not out.exists()
-    assert main(["compress", str(src), str(out), "--quantize", "q4_0", "--resume", "-q"]) == 0
+    assert not out.exists() and work.exists()
+    kept = _journal_tensors(journal)
+    r = subprocess.run(cli("-v", "compress", src, out, "--quantize", scheme, "--resume", "-q"), capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("kept blk.") == kept >= 3  # the tensors recorded complete are not redone
     assert out.read_bytes() == clean.read_bytes()
-    assert not work.exists()
+    assert not work.exists() and not journal.exists()
+
+
+def test_a_journal_line_cut_short_is_not_a_record(tmp_path, rng, monkeypatch, caplog):
+    """A kill while a completion record is appended leaves half a line: that tensor is redone."""
+    from streamcompress.formats.gguf import GGUFSink
+
+    src = _llama_f32(tmp_path / "in.gguf", rng, n=4, shape=(64, 256))
+    clean = tmp_path / "clean.gguf"
+    assert main(["compress", str(src), str(clean), "--quantize", "q8_0", "-q"]) == 0
+    out = tmp_path / "out.gguf"
+    journal = tmp_path / ".out.gguf.work.json"
+    real = GGUFSink.update_attrs
+    calls = []
+
+    def dies_at_the_third(self, name, attrs):
+        calls.append(name)
+        if len(calls) == 3:
+            with open(self.journal, "a") as f:  # half of the third record, then the "kill"
+                f.write(json.dumps({"name": name, "info": attrs["streamcompress"]})[:40])
+            raise KeyboardInterrupt
+        real(self, name, attrs)
+
+    monkeypatch.setattr(GGUFSink, "update_attrs", dies_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        sc.compress_model(str(src), sc.CompressionConfig((Quantize(sc.parse_scheme("q8_0")),)), output=out,
+                          options=sc.EngineOptions(block_elems=64 * 256))
+    monkeypatch.setattr(GGUFSink, "update_attrs", real)
+    assert len(journal.read_text().splitlines()) == 4 and not out.exists()  # run, 2 records, half a line
+    caplog.set_level("INFO", "streamcompress")
+    assert main(["compress", str(src), str(out), "--quantize", "q8_0", "--resume", "-q"]) == 0
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("kept")] == [
+        f"kept {n} (complete in the earlier run)" for n in calls[:2]]
+    assert out.read_bytes() == clean.read_bytes()
 
 
 def _corrupt(kind, good, path):
@@ -255,6 +307,58 @@ def test_bad_gguf_input_is_one_line_for_every_command(tmp_path, rng, capsys, kin
         assert main(argv) == 1, argv
         one_line_error(capsys, needle)
     assert not (tmp_path / "s").exists() and not (tmp_path / "o.gguf").exists()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, "bfloat16"])
+@pytest.mark.parametrize("stages", [["--quantize", "q8_0"], ["--quantize", "q4_1"], ["--quantize", "q5_0"],
+                                    ["--prune", "0.5", "--quantize", "q4_0"], ["--prune", "0.3"],
+                                    ["--quantize", "q8_0", "--tensor-type", "*ffn_up*=none"]])
+def test_a_run_into_gguf_equals_the_export_of_its_store(tmp_path, rng, dtype, stages):
+    """Blocks written straight into the file give the bytes of a store's export (the
+    two paths: this process's direct sink, and a cluster's work store)."""
+    src = tmp_path / "in.gguf"
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        dtype = ml_dtypes.bfloat16
+    _llama_gguf(src, rng, dtype=dtype)
+    direct, store, exported = tmp_path / "d.gguf", tmp_path / "s.zarr", tmp_path / "e.gguf"
+    assert main(["compress", str(src), str(direct), *stages, "-q", "--memory-budget", "1MiB"]) == 0
+    assert main(["compress", str(src), str(store), *stages, "--skip-1d", "-q"]) == 0
+    assert main(["export", str(store), str(exported), "-q"]) == 0
+    assert direct.read_bytes() == exported.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".d.gguf")) == [".d.gguf.streamcompress"]
+
+
+def test_a_second_run_on_a_live_gguf_output_is_refused(tmp_path, rng, capsys):
+    src = _llama_f32(tmp_path / "in.gguf", rng)
+    out = tmp_path / "out.gguf"
+    journal = tmp_path / ".out.gguf.work.json"
+    p = subprocess.Popen(cli("compress", src, out, "--quantize", "q4_0", "--memory-budget", "1MiB"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.monotonic()
+        while not journal.exists() and p.poll() is None and time.monotonic() - t0 < 60:
+            time.sleep(0.002)
+        assert p.poll() is None, "finished before a second run could start"
+        capsys.readouterr()
+        assert main(["compress", str(src), str(out), "--quantize", "q8_0", "--overwrite"]) == 1
+        one_line_error(capsys, "in use by another streamcompress run")
+        assert main(["compress", str(src), str(out), "--quantize", "q4_0", "--resume"]) == 1
+        one_line_error(capsys, "in use by another streamcompress run")
+    finally:
+        p.wait()
+    assert p.returncode == 0
+    r = GGUFReader(str(out))
+    assert r.tensors[0].tensor_type == T.Q4_0
+
+
+def test_prune_masks_are_refused_for_a_gguf_output(tmp_path, rng, capsys):
+    src = _llama_f32(tmp_path / "in.gguf", rng, n=1, shape=(32, 64))
+    capsys.readouterr()
+    assert main(["compress", str(src), str(tmp_path / "o.gguf"), "--prune", "0.5", "--save-masks"]) == 1
+    one_line_error(capsys, "holds no prune masks")
+    assert not list(tmp_path.glob("*o.gguf*"))
 
 
 def test_what_gguf_cannot_hold_is_refused_before_any_work(tmp_path, rng, capsys):

@@ -14,11 +14,10 @@ import numpy as np
 
 from .. import kernels as K
 from ..config import CompressionConfig
-from ..errors import EmptyModel, OutputExists
+from ..errors import ConfigError, EmptyModel, OutputExists
 from ..formats import format_of_suffix
-from ..formats.base import AUX_DIR, MASK_GROUP, TENSOR_ORDER_ATTR, stored_nbytes
+from ..formats.base import MASK_GROUP, TENSOR_ORDER_ATTR, stored_nbytes
 from ..formats.memory import MemorySink
-from ..formats.sidecar import copy_aux
 from ..formats.zarr import ZarrSink
 from ..result import CompressionResult, WeightTensor
 from ..safety import RUN_ATTR, check_apart, claim_output, remove_output, replaceable
@@ -121,11 +120,13 @@ def compress_model(
 
 def _compress_to_file(tensors: Any, config: CompressionConfig, fmt: str, output: Path, overwrite: bool,
                       resume: bool, options: EngineOptions, executor: Any) -> CompressionResult:
-    """``compress IN OUT.gguf``: the run goes into a hidden work store beside OUT
-    (``.OUT.work.zarr``: ``resume`` continues it), which is then exported to OUT
-    (aside, renamed into place) and removed. 1-D tensors stay float (as
-    llama.cpp keeps norms), and a scheme or shape the file cannot hold is
-    refused before any work."""
+    """``compress IN OUT.gguf``. 1-D tensors stay float (as llama.cpp keeps norms),
+    and a scheme or shape the file cannot hold is refused before any work. In
+    this process the blocks go straight into the file (``formats.gguf.GGUFSink``:
+    ``resume`` continues its work file); with a cluster's executor the run
+    goes into a hidden work store beside OUT (``.OUT.work.zarr``: ``resume``
+    continues it), which is then exported to OUT (aside, renamed into place)
+    and removed."""
     from .convert import export_checkpoint
 
     if output.exists() and not overwrite:
@@ -135,12 +136,17 @@ def _compress_to_file(tensors: Any, config: CompressionConfig, fmt: str, output:
     if not config.skip_1d:
         config = replace(config, skip_1d=True)
     sources = load_sources(tensors, options.missing_chunks)
-    for src, skipped in zip(sources, config.check([s.meta for s in sources])):
+    if not sources:
+        raise EmptyModel()
+    skip = config.check([s.meta for s in sources])
+    for src, skipped in zip(sources, skip):
         if not skipped:
             for stage in config.stages:
                 check = getattr(stage, "check_export", None)
                 if check is not None:
                     check(src.meta, fmt)
+    if fmt == "gguf" and (executor is None or isinstance(executor, LocalExecutor)):
+        return _compress_gguf(tensors, sources, config, skip, output, overwrite, resume, options, executor)
     work = output.parent / f".{output.name}.work.zarr"
     again = resume and work.exists()
     result = compress_model(sources if not isinstance(tensors, (str, os.PathLike)) else tensors, config,
@@ -149,6 +155,48 @@ def _compress_to_file(tensors: Any, config: CompressionConfig, fmt: str, output:
     _release_memory()  # (the export's buffers reuse what the compress let go of)
     export_checkpoint(work, output, fmt=fmt, overwrite=overwrite, options=options)
     remove_output(work)
+    result.stored_bytes = output.stat().st_size
+    return result
+
+
+def _compress_gguf(tensors: Any, sources: list, config: CompressionConfig, skip: list[bool], output: Path,
+                   overwrite: bool, resume: bool, options: EngineOptions, executor: Any) -> CompressionResult:
+    """The blocks of a run written straight into their places in OUT.gguf's work file."""
+    from ..formats.gguf import GGUFSink
+    from ..formats.gguf.writer import dense_kind, model_kv, planned, source_kv
+
+    in_paths = [tensors] if isinstance(tensors, (str, os.PathLike)) else []
+    if options.save_masks:
+        raise ConfigError("--save-masks: a GGUF file holds no prune masks; write a Zarr store for them")
+    for src, sk in zip(sources, skip):
+        if sk and not src.is_float:
+            log.warning("tensor '%s' (%s) is not a float tensor: copied unchanged", src.meta.name,
+                        src.logical_dtype)
+    K.check_threading_layer()
+    run = _prepare(sources, config, skip, options, form="gguf")
+    outs = []
+    for src, pipe in zip(sources, run.pipelines):
+        if pipe is None:
+            kind = dense_kind(src.meta.name, src.logical_dtype, src.is_float)
+        else:
+            kind = getattr(pipe.encoding, "kind", "f32")  # (a float pipeline's output is float32)
+        outs.append(planned(src.meta.name, src.meta.shape, kind))
+    kv, align = model_kv(source_kv(Path(tensors)) if in_paths else [], outs)
+    executor = executor or LocalExecutor()
+    try:
+        with claim_output(output, in_paths, command="compress", overwrite=overwrite, resume=resume) as out:
+            record = {"command": "compress", "pipeline_fingerprint": run.pipeline_fp,
+                      "input_fingerprint": run.input_fp, "status": "running"}
+            sink = GGUFSink(out, outs, kv, align, resume=resume, run_record=record)
+            try:
+                if sink.resumed:
+                    _check_resume(sink, run.pipeline_fp, run.input_fp)
+                    sink.set_run_record(record)
+                result = _compress(run, tensors, sink, executor, sink.resumed, out)
+            finally:
+                sink.close()
+    finally:
+        executor.close()
     result.stored_bytes = output.stat().st_size
     return result
 
@@ -211,7 +259,7 @@ def _compress(run: Run, tensors: Any, sink: MemorySink | ZarrSink, executor: Any
     if sink.persistent:
         result.stored_bytes = sum(t["stored_bytes"] for t in tensor_stats.values())
         if isinstance(tensors, (str, os.PathLike)):
-            copy_aux(tensors, Path(output) / AUX_DIR)  # config.json, tokenizer files, ...
+            sink.copy_aux(tensors)  # config.json, tokenizer files, ...
         # one write: the results and the run's completion together
         final_attrs[RUN_ATTR] = {"command": "compress", "pipeline_fingerprint": pipeline_fp,
                                  "input_fingerprint": input_fp, "status": "complete"}

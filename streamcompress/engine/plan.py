@@ -98,6 +98,8 @@ class Run:
     input_fps: list[str]
     pipeline_fp: str
     input_fp: str
+    #: the stored form of the outputs (``TensorPipeline``'s ``form``)
+    form: str = "zarr"
 
     @property
     def want_masks(self) -> bool:
@@ -118,16 +120,16 @@ class Run:
             return None
         src = self.sources[i]
         return TensorPipeline(self.config.stages, src.meta, self.plans[i], self.options.nonfinite,
-                              self.options.save_masks, states if states is not None else self.states)
+                              self.options.save_masks, states if states is not None else self.states, self.form)
 
 
 def _prepare(sources: list[TensorSource], config: CompressionConfig, skip: list[bool],
-             options: EngineOptions, input_fps: list[str] | None = None) -> Run:
+             options: EngineOptions, input_fps: list[str] | None = None, form: str = "zarr") -> Run:
     stages = config.stages
     selected = [s.meta for s, sk in zip(sources, skip) if not sk]
     states = [s.run_state(selected) for s in stages]
     plans = [_plan(src, stages, sk, options) for src, sk in zip(sources, skip)]
-    run = Run(sources, config, options, skip, states, plans, [], [], _pipeline_fingerprint(config, options), "")
+    run = Run(sources, config, options, skip, states, plans, [], [], _pipeline_fingerprint(config, options), "", form)
     run.pipelines = [run.pipeline(i) for i in range(len(sources))]
     _check_names(sources, run.pipelines)  # before fingerprinting (which stats every chunk file)
     run.input_fps = input_fps if input_fps is not None else [src.fingerprint() for src in sources]

@@ -27,6 +27,7 @@ _WHERE = {
     "tile_of_units": "quant",
     "quantize_units_ggml": "ggml",
     "dequantize_units_affine": "ggml",
+    "pack_ggml_blocks": "ggml",
     "e4m3_values": "fp8",
     "quantize_units_fp8": "fp8",
     "dequantize_units_fp8": "fp8",

@@ -28,7 +28,7 @@ from numba import prange
 from ._jit import JIT, PJIT
 from .quant import _unit, _unit_bounds
 
-__all__ = ["quantize_units_ggml", "dequantize_units_affine"]
+__all__ = ["quantize_units_ggml", "dequantize_units_affine", "pack_ggml_blocks"]
 
 
 @numba.njit(**JIT)
@@ -97,3 +97,40 @@ def dequantize_units_affine(codes, start, L, g, scales, mins, out):
         j = _unit(start + i, L, g, G) - u0
         out[i] = np.float32(np.float32(np.float32(codes[i]) * scales[j]) + mins[j])
 
+
+
+@numba.njit(**PJIT)
+def pack_ggml_blocks(q, d16, m16, bits, out):
+    """ggml block bytes of ``d16.size`` blocks of 32 into ``out`` (uint8, ``d16.size *
+    block bytes``): per block ``d`` (the float16 bits ``d16``, little-endian), then
+    ``m`` (``m16``, when it is not empty: ``_1`` kinds), then for ``bits`` 5
+    ``qh`` (bit 4 of value ``j`` in bit ``j`` of a little-endian uint32), then
+    ``qs``: the 32 bytes of ``q`` for ``bits`` 8 (int8 codes as their bytes),
+    else 16 bytes whose low nibbles are values 0..15 and high nibbles values
+    16..31. ``q`` holds the unsigned codes (uint8)."""
+    nb = d16.size
+    bb = out.size // nb if nb else 0
+    with_min = m16.size > 0
+    for u in prange(nb):
+        o = u * bb
+        out[o] = np.uint8(d16[u] & 0xFF)
+        out[o + 1] = np.uint8(d16[u] >> 8)
+        o += 2
+        if with_min:
+            out[o] = np.uint8(m16[u] & 0xFF)
+            out[o + 1] = np.uint8(m16[u] >> 8)
+            o += 2
+        base = u * 32
+        if bits == 8:
+            for j in range(32):
+                out[o + j] = q[base + j]
+            continue
+        if bits == 5:
+            qh = np.uint32(0)
+            for j in range(32):
+                qh |= np.uint32((q[base + j] >> 4) & 1) << np.uint32(j)
+            for j in range(4):
+                out[o + j] = np.uint8((qh >> np.uint32(8 * j)) & np.uint32(0xFF))
+            o += 4
+        for j in range(16):
+            out[o + j] = np.uint8((q[base + j] & 0x0F) | ((q[base + 16 + j] & 0x0F) << 4))

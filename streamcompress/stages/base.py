@@ -114,8 +114,9 @@ class StageRunner(ABC):
         """Per-tensor facts for the report (threshold, scale, ...)."""
         return {}
 
-    def encoding(self) -> Encoding | None:
-        """The stored form when this runner is the pipeline's last (None: float32)."""
+    def encoding(self, form: str = "zarr") -> Encoding | None:
+        """The stored form when this runner is the pipeline's last (None: float32).
+        ``form``: ``"zarr"`` (FORMAT.md's arrays) or ``"gguf"`` (ggml blocks)."""
         return None
 
     # -- one tensor split over block ranges (streamcompress.distributed) -----------------

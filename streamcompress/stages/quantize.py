@@ -335,8 +335,10 @@ class _SchemeRunner(StageRunner):
     def info(self) -> dict[str, Any]:
         return {"scheme": self.s.spec(), "absmax": self._amax}
 
-    def encoding(self) -> Encoding | None:
-        return _QuantEncoding(self) if self.real else None
+    def encoding(self, form: str = "zarr") -> Encoding | None:
+        if not self.real:
+            return None
+        return _GGMLEncoding(self) if form == "gguf" and self.s.ggml else _QuantEncoding(self)
 
 
 class _QuantEncoding(Encoding):
@@ -419,3 +421,41 @@ class _QuantEncoding(Encoding):
             if not s.symmetric:
                 out.append(("_zero_point", full, zp_all.astype(np.int8).reshape(sshape)))
         return out
+
+
+#: bytes of one block of 32 of each ggml scheme
+_BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24}
+
+
+class _GGMLEncoding(Encoding):
+    """A ggml block scheme's tensor as the bytes a GGUF file holds: one flat
+    uint8 array of its blocks of 32 (``d``, ``m``, ``qh``, ``qs``: see
+    ``kernels.pack_ggml_blocks``), each block's bytes made straight from its
+    codes and scales (no codes array of the whole tensor)."""
+
+    def __init__(self, runner: _SchemeRunner) -> None:
+        self.r = runner
+        self.s = runner.s
+        self.kind = runner.s.name
+        self.block_bytes = _BLOCK_BYTES[self.kind]
+        self.nbytes = runner.meta.size // 32 * self.block_bytes
+
+    def specs(self, out_chunks: tuple[int, ...]) -> list[ArraySpec]:
+        chunk = max(1, math.prod(out_chunks) // 32 * self.block_bytes)
+        return [ArraySpec("", (self.nbytes,), (min(chunk, max(self.nbytes, 1)),), "uint8",
+                          {"ggml": self.kind})]
+
+    def emit(self, block: Block, x: np.ndarray) -> list[tuple[str, tuple, np.ndarray]]:
+        b, codes, used, zp = self.r._last
+        self.r._last = None
+        half = {"q4_0": 8, "q5_0": 16}.get(self.kind, 0)
+        q = codes.view(np.uint8)
+        if half:
+            q = q + np.uint8(half)  # (the signed _0 codes back to ggml's unsigned ones)
+        with np.errstate(over="ignore"):
+            d16 = used.astype(np.float16).view(np.uint16)
+            m16 = zp.astype(np.float16).view(np.uint16) if self.s.has_min else np.empty(0, np.uint16)
+        out = np.empty(used.size * self.block_bytes, np.uint8)
+        K.pack_ggml_blocks(q, d16, m16, self.s.bits, out)
+        lo = block.start // 32 * self.block_bytes
+        return [("", (slice(lo, lo + out.size),), out)]

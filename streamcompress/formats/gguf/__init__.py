@@ -1,7 +1,9 @@
-"""GGUF (llama.cpp's format): ``reader`` (files in), ``writer`` (files out),
-``blocks`` (ggml block bytes from stored codes and scales)."""
+"""GGUF (llama.cpp's format): ``reader`` (files in), ``writer`` (files out, from a
+store), ``sink`` (files out, straight from a run), ``blocks`` (ggml block bytes
+from stored codes and scales)."""
 
 from .reader import GGUFFormat, metadata_files
+from .sink import GGUFSink
 from .writer import GGUFExporter
 
-__all__ = ["GGUFFormat", "GGUFExporter", "metadata_files"]
+__all__ = ["GGUFFormat", "GGUFExporter", "GGUFSink", "metadata_files"]

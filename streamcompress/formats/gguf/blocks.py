@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BLOCK", "BLOCK_BYTES", "GGML_TYPE", "ggml_rows", "dequantize_blocks"]
+__all__ = ["BITS", "BLOCK", "BLOCK_BYTES", "GGML_TYPE", "ggml_rows", "dequantize_blocks"]
 
 #: values per block
 BLOCK = 32
@@ -21,25 +21,27 @@ BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24}
 GGML_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 
 
+#: bits per code of each scheme
+BITS = {"q8_0": 8, "q4_0": 4, "q4_1": 4, "q5_0": 5, "q5_1": 5}
+
+
 def ggml_rows(scheme: str, q: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> np.ndarray:
     """``(rows, n / 32 * BLOCK_BYTES)`` uint8 from ``q``: the unsigned codes
     ``(rows, n)`` (``q + 8`` / ``q + 16`` of the signed ``_0`` codes, ``q``
     of ``_1``; int8 codes as they are for q8_0), ``d`` and ``m`` ``(rows, n / 32)``
-    float16."""
+    float16 (``kernels.pack_ggml_blocks``)."""
+    from ... import kernels as K
+
     rows, n = q.shape
     nb = n // BLOCK
-    q = q.reshape(rows, nb, BLOCK)
-    parts = [np.ascontiguousarray(d, np.float16).reshape(rows, nb, 1).view(np.uint8)]
-    if m is not None:
-        parts.append(np.ascontiguousarray(m, np.float16).reshape(rows, nb, 1).view(np.uint8))
-    if scheme == "q8_0":
-        parts.append(q.astype(np.int8).view(np.uint8))
-    else:
-        u = q.astype(np.uint8)
-        if scheme.startswith("q5"):
-            parts.append(np.packbits(u >> np.uint8(4), axis=-1, bitorder="little"))
-        parts.append((u[..., :16] & np.uint8(0x0F)) | (u[..., 16:] << np.uint8(4)))
-    return np.concatenate(parts, axis=-1).reshape(rows, nb * BLOCK_BYTES[scheme])
+    out = np.empty(rows * nb * BLOCK_BYTES[scheme], np.uint8)
+    qu = np.ascontiguousarray(q).reshape(-1)
+    qu = qu.view(np.uint8) if qu.dtype in (np.int8, np.uint8) else qu.astype(np.uint8)
+    d16 = np.ascontiguousarray(d, np.float16).reshape(-1).view(np.uint16)
+    m16 = (np.ascontiguousarray(m, np.float16).reshape(-1).view(np.uint16) if m is not None
+           else np.empty(0, np.uint16))
+    K.pack_ggml_blocks(qu, d16, m16, BITS[scheme], out)
+    return out.reshape(rows, nb * BLOCK_BYTES[scheme])
 
 
 def dequantize_blocks(scheme: str, raw: np.ndarray) -> np.ndarray:

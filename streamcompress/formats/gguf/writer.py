@@ -28,7 +28,7 @@ from ..base import AUX_DIR, ByteStreams, Checkpoint, Exporter, TensorSource, spl
 from .blocks import BLOCK, BLOCK_BYTES, GGML_TYPE, ggml_rows
 from .reader import GGUF_MAGIC, KV, VT, parse_kv
 
-__all__ = ["GGUFExporter", "FILE_TYPE"]
+__all__ = ["GGUFExporter", "FILE_TYPE", "planned", "dense_kind", "source_kv", "model_kv", "header"]
 
 #: general.file_type (LlamaFileType) of a model whose tensors are mostly of a type
 FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "bf16": 32}
@@ -94,67 +94,118 @@ class GGUFExporter(Exporter):
     # -- tensors ---------------------------------------------------------------
     def _tensor(self, s: TensorSource, dtype: str, streams: ByteStreams) -> _Out:
         name, shape = s.meta.name, s.meta.shape
-        if len(name.encode("utf-8")) > _MAX_NAME:
-            raise ConfigError(f"tensor name '{name}' is longer than GGUF's {_MAX_NAME} bytes")
-        if len(shape) > 4:
-            raise ConfigError(f"tensor '{name}' has {len(shape)} dimensions; GGUF holds at most 4")
-        n = 1
-        for d in shape:
-            n *= d
         if s.quantized:
-            q = s.quantization
-            scheme = q["scheme"]
+            scheme = s.quantization["scheme"]
             if scheme not in BLOCK_BYTES:
                 raise ConfigError(f"tensor '{name}' is {scheme}, which has no GGUF form: quantize with q8_0, q4_0, "
                                   "q4_1, q5_0 or q5_1, or export dense")
-            if len(shape) > 2 or not shape or shape[-1] % BLOCK:
-                raise ConfigError(f"tensor '{name}' of shape {list(shape)} has no {scheme} GGUF form: its rows must "
-                                  f"be whole blocks of {BLOCK} (1-D or 2-D); leave it float (--ignore, --skip-1d)")
-            nbytes = n // BLOCK * BLOCK_BYTES[scheme]
-            return _Out(name, GGML_TYPE[scheme], scheme, shape, nbytes, _blocks(s, scheme, streams.block_elems))
-        if s.logical_dtype in _AS_STORED or not s.is_float:
-            if s.logical_dtype not in _AS_STORED:
-                raise ConfigError(f"tensor '{name}' is {s.logical_dtype}, which GGUF does not hold")
-            isz = np.dtype(s.logical_dtype).itemsize
-            return _Out(name, _AS_STORED[s.logical_dtype], s.logical_dtype, shape, n * isz, streams.dense(s, None))
-        kind = _DENSE_TYPES.get(s.logical_dtype if dtype == "keep" else dtype)
-        if kind is None:
-            raise ConfigError(f"tensor '{name}' is {s.logical_dtype}; GGUF floats are float32, float16, bfloat16 "
-                              "(pass --dtype)")
-        return _Out(name, GGML_TYPE[kind], kind, shape, n * _ITEMSIZE[kind],
-                    streams.dense(s, None if dtype == "keep" else dtype))
+            t = planned(name, shape, scheme)
+            t.stream = _blocks(s, scheme, streams.block_elems)
+            return t
+        kind = dense_kind(name, s.logical_dtype, s.is_float, dtype)
+        t = planned(name, shape, kind)
+        t.stream = streams.dense(s, None if dtype == "keep" or kind in _AS_STORED else dtype)
+        return t
 
     # -- key/values ------------------------------------------------------------
     def _metadata(self, ckpt: Checkpoint, outs: list[_Out]) -> tuple[list[KV], int]:
-        kv: list[KV] = []
-        aux = ckpt.path / AUX_DIR / "gguf" if ckpt.path is not None else None
-        if aux is not None and (aux / "kv.bin").is_file():
-            head = json.loads((aux / "header.json").read_text())
-            kv = [r for r in parse_kv((aux / "kv.bin").read_bytes(), int(head["n_kv"]), str(aux / "kv.bin"))
-                  if not r.key.startswith("split.")]
-        align = 32
-        for r in kv:
-            if r.key == "general.alignment" and r.type == VT["UINT32"]:
-                align = int(r.value)
-        ftype = FILE_TYPE[_main_kind(outs)]
-        kv = _set(kv, _kv_u32("general.file_type", ftype))
-        if any(t.kind in BLOCK_BYTES for t in outs) and not any(r.key == "general.quantization_version" for r in kv):
-            kv.append(_kv_u32("general.quantization_version", 2))
-        return kv, align
+        return model_kv(source_kv(ckpt.path) if ckpt.path is not None else [], outs)
 
 
-def _write_file(dest: Path, kv: list[KV], outs: list[_Out], align: int) -> None:
-    """Header (key/values, tensor infos, padding), then each tensor's bytes padded to ``align``."""
+def planned(name: str, shape: tuple[int, ...], kind: str) -> _Out:
+    """A tensor of the file, before its bytes: ``kind`` a ggml block scheme, a
+    float kind (f32, f16, bf16) or an integer dtype name; refuses what GGUF
+    cannot hold (name over 63 bytes, over 4 dimensions, rows not whole blocks)."""
+    if len(name.encode("utf-8")) > _MAX_NAME:
+        raise ConfigError(f"tensor name '{name}' is longer than GGUF's {_MAX_NAME} bytes")
+    if len(shape) > 4:
+        raise ConfigError(f"tensor '{name}' has {len(shape)} dimensions; GGUF holds at most 4")
+    n = 1
+    for d in shape:
+        n *= d
+    if kind in BLOCK_BYTES:
+        if len(shape) > 2 or not shape or shape[-1] % BLOCK:
+            raise ConfigError(f"tensor '{name}' of shape {list(shape)} has no {kind} GGUF form: its rows must "
+                              f"be whole blocks of {BLOCK} (1-D or 2-D); leave it float (--ignore, --skip-1d)")
+        return _Out(name, GGML_TYPE[kind], kind, shape, n // BLOCK * BLOCK_BYTES[kind], None)
+    if kind in _AS_STORED:
+        return _Out(name, _AS_STORED[kind], kind, shape, n * np.dtype(kind).itemsize, None)
+    return _Out(name, GGML_TYPE[kind], kind, shape, n * _ITEMSIZE[kind], None)
+
+
+def dense_kind(name: str, logical_dtype: str, is_float: bool, dtype: str = "keep") -> str:
+    """The GGUF kind of a dense tensor of ``logical_dtype`` (cast to ``dtype``
+    unless ``keep``): integers and float64 as they are, floats f32/f16/bf16."""
+    if logical_dtype in _AS_STORED or not is_float:
+        if logical_dtype not in _AS_STORED:
+            raise ConfigError(f"tensor '{name}' is {logical_dtype}, which GGUF does not hold")
+        return logical_dtype
+    kind = _DENSE_TYPES.get(logical_dtype if dtype == "keep" else dtype)
+    if kind is None:
+        raise ConfigError(f"tensor '{name}' is {logical_dtype}; GGUF floats are float32, float16, bfloat16 "
+                          "(pass --dtype)")
+    return kind
+
+
+def source_kv(path: Path) -> list[KV]:
+    """The key/values a model's GGUF file will carry over from ``path``: a GGUF
+    input's own (first part), or those a store kept of one (``__aux__/gguf/``);
+    ``split.*`` keys dropped. None for other inputs."""
+    path = Path(path)
+    if path.is_file():
+        from .reader import read_header, split_parts
+
+        try:
+            with open(path, "rb") as f:
+                if f.read(4) != GGUF_MAGIC:
+                    return []
+        except OSError:
+            return []
+        kv = read_header(split_parts(path)[0]).kv
+    else:
+        aux = path / AUX_DIR / "gguf"
+        if not (aux / "kv.bin").is_file():
+            return []
+        head = json.loads((aux / "header.json").read_text())
+        kv = parse_kv((aux / "kv.bin").read_bytes(), int(head["n_kv"]), str(aux / "kv.bin"))
+    return [r for r in kv if not r.key.startswith("split.")]
+
+
+def model_kv(kv: list[KV], outs: list[_Out]) -> tuple[list[KV], int]:
+    """``kv`` with ``general.file_type`` set to what ``outs`` are, and
+    ``general.quantization_version`` added when a tensor is quantized; and the
+    alignment (``general.alignment``, else 32)."""
+    align = 32
+    for r in kv:
+        if r.key == "general.alignment" and r.type == VT["UINT32"]:
+            align = int(r.value)
+    kv = _set(kv, _kv_u32("general.file_type", FILE_TYPE[_main_kind(outs)]))
+    if any(t.kind in BLOCK_BYTES for t in outs) and not any(r.key == "general.quantization_version" for r in kv):
+        kv.append(_kv_u32("general.quantization_version", 2))
+    return kv, align
+
+
+def header(kv: list[KV], outs: list[_Out], align: int) -> tuple[bytes, list[int]]:
+    """The file's header (key/values, tensor infos, padding to ``align``) and each
+    tensor's offset in the file (each padded to ``align``)."""
     infos = []
+    offs = []
     off = 0
     for t in outs:
         ne = tuple(reversed(t.shape)) or (1,)
         infos.append(_string(t.name) + struct.pack("<I", len(ne)) + struct.pack(f"<{len(ne)}Q", *ne)
                      + struct.pack("<IQ", t.ggml, off))
+        offs.append(off)
         off += -(-t.nbytes // align) * align
     head = (GGUF_MAGIC + struct.pack("<IQQ", 3, len(outs), len(kv)) + b"".join(r.raw for r in kv)
             + b"".join(infos))
     head += b"\0" * (-len(head) % align)
+    return head, [len(head) + o for o in offs]
+
+
+def _write_file(dest: Path, kv: list[KV], outs: list[_Out], align: int) -> None:
+    """Header, then each tensor's bytes padded to ``align``."""
+    head, _ = header(kv, outs, align)
     with open(dest, "wb") as f:
         f.write(head)
         for t in outs:

@@ -10,6 +10,8 @@ import numpy as np
 
 from ...errors import InvalidStore, OutputError, OutputExists
 from ...safety import RUN_ATTR, aside, fsync, remove_output
+from ..base import AUX_DIR
+from ..sidecar import copy_aux
 from .direct import ChunkWriter
 from .reader import open_group
 
@@ -134,6 +136,10 @@ class ZarrSink:
 
     def stored_bytes(self, name: str) -> int:
         return int(self._array(name).nbytes_stored())
+
+    def copy_aux(self, src: Any) -> None:
+        """The non-tensor files of the input ``src`` (config, tokenizer, a GGUF's key/values) into ``__aux__``."""
+        copy_aux(src, self.path / AUX_DIR)
 
     def finish(self, attrs: dict[str, Any]) -> None:
         """The group's last attributes (with the run's completion), made durable."""

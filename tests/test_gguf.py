@@ -105,6 +105,129 @@ def test_block_schemes_are_gguf_py_bit_for_bit(rng, scheme):
         assert (same | zero).all(), block
 
 
+def _f32_gguf(path, tensors):
+    w = GGUFWriter(str(path), "llama")
+    for k, v in tensors.items():
+        w.add_tensor(k, v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("scheme", BLOCK_SCHEMES)
+def test_blocks_written_into_a_gguf_are_gguf_py_and_their_stats_the_stores(tmp_path, rng, scheme):
+    """The GGUF path makes its blocks (and Q8_0 its stats, in one kernel) its own way:
+    the same bytes as gguf-py, the same stats as a run into memory, chunked or whole."""
+    x = _blocks_of_every_kind(rng)
+    src = _f32_gguf(tmp_path / "in.gguf", {"w": x})
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        ref = Q.quantize(x, getattr(T, scheme.upper()))
+    nbytes = ref.shape[-1] // (x.shape[-1] // 32)
+    config = sc.CompressionConfig((Quantize(scheme),))
+    for block in (None, 64, 96, 32 * 5, 256 * 3):
+        opts = sc.EngineOptions(block_elems=block)
+        out = tmp_path / "o.gguf"
+        r = sc.compress_model(str(src), config, output=out, overwrite=True, options=opts)
+        (t,) = GGUFReader(str(out)).tensors
+        ours = np.asarray(t.data).reshape(-1, nbytes)
+        diff = np.nonzero((ours != ref.reshape(-1, nbytes)).any(axis=1))[0]
+        assert set(diff.tolist()) == _neg_zero_d_blocks(x, scheme), block
+        mem = sc.compress_model({"w": x}, config, options=opts)
+        assert [s.to_dict() for s in r.stage_stats] == [s.to_dict() for s in mem.stage_stats], block
+        assert r.tensor_stats["w"]["stages"] == mem.tensor_stats["w"]["stages"]
+
+
+def test_the_one_pass_q8_0_kernel_is_the_generic_steps(rng):
+    """``q8_0_pass`` against the kernels and scheme rules it stands for (absmax,
+    scales, quantize, pack, diff_stats, count_nonfinite), with NaN (``--nonfinite
+    keep``), zero and denormal units, ties and scales of every float16 range, over
+    several tiles."""
+    from streamcompress import kernels as K
+    from streamcompress.stages.schemes import parse_scheme
+
+    n = 32 * 4100  # (three tiles of 65536 elements, the last partial)
+    x = (rng.standard_normal(n) * 10.0 ** rng.uniform(-9, 6, n // 32).repeat(32)).astype(np.float32)
+    x[:32] = 0
+    x[32:64] = np.float32(1e-41)
+    x[64:96] = rng.integers(-16, 16, 32) * 0.5
+    x[96:128] = -0.0
+    x[100], x[70000], x[70001] = np.nan, np.nan, -np.nan
+    sch = parse_scheme("q8_0")
+    out = np.empty(n // 32 * 34, np.uint8)
+    nz, sse, mx, sig, bad, top, flags = K.q8_0_pass(x, x.view(np.uint32), sch.qmin, sch.qmax, K.POW2, out)
+    amax = K.unit_absmax(x, 0, 256, 32)
+    used, inv, zp = sch.scales_from_stats(amax, None)
+    deq, codes = x.copy(), np.empty(n, np.int8)
+    K.quantize_units(deq, 0, 256, 32, used, inv, zp, sch.qmin, sch.qmax, True, codes)
+    assert (nz, sse, mx, sig) == tuple(K.diff_stats(x, deq)) and np.isfinite(sse)
+    assert bad == K.count_nonfinite(x) == 3 and top == amax.max() and flags == 0
+    assert np.array_equal(out, ggml_rows("q8_0", codes.reshape(1, -1), used.reshape(1, -1), None).reshape(-1))
+    # an inf, and a scale past float16, are flagged (the runner raises scales_from_stats' errors)
+    y = np.ones(64, np.float32)
+    y[3] = np.inf
+    assert K.q8_0_pass(y, y.view(np.uint32), -127, 127, K.POW2, np.empty(68, np.uint8))[6] == 1
+    y[3] = 1e7
+    assert K.q8_0_pass(y, y.view(np.uint32), -127, 127, K.POW2, np.empty(68, np.uint8))[6] == 2
+
+
+@pytest.mark.parametrize("scheme", ["q8_0", "q4_0"])
+def test_nan_and_inf_into_a_gguf_are_one_line_errors_as_into_a_store(tmp_path, rng, capsys, scheme):
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    x[40, 7] = np.nan
+    src = _f32_gguf(tmp_path / "in.gguf", {"w": x})
+    msgs = []
+    for out in ("o.gguf", "o.zarr"):
+        capsys.readouterr()
+        assert main(["compress", str(src), str(tmp_path / out), "--quantize", scheme, "--skip-1d",
+                     "--memory-budget", "1MiB"]) == 1
+        msgs.append(one_line_error(capsys, "NaN"))
+    assert msgs[0] == msgs[1] and "block" in msgs[0]
+    x[40, 7] = np.inf
+    src = _f32_gguf(tmp_path / "inf.gguf", {"w": x})
+    capsys.readouterr()
+    assert main(["compress", str(src), str(tmp_path / "k.gguf"), "--quantize", scheme, "--nonfinite", "keep"]) == 1
+    one_line_error(capsys, "holds inf")
+    assert not (tmp_path / "o.gguf").exists() and not (tmp_path / "k.gguf").exists()
+
+
+def test_float16_rounding_is_numpys(rng):
+    from streamcompress.kernels import POW2, f16_round
+
+    bits = np.concatenate([rng.integers(0, 0x7F800000, 200_000, dtype=np.uint32),
+                           np.arange(0x33000000 - 64, 0x33000000 + 64, dtype=np.uint32),  # around float16's 2**-25
+                           np.arange(0x387FC000, 0x38800400, 7, dtype=np.uint32),  # subnormal/normal edge
+                           np.arange(0x477FE000, 0x47800100, 3, dtype=np.uint32),  # around 65504 / 65520
+                           np.array([0, 0x7F800000], np.uint32)])
+    v = bits.view(np.float32)
+    with np.errstate(over="ignore"):
+        want = v.astype(np.float16)
+    for x, w in zip(v.tolist()[::7] + v.tolist()[200_000:], want.tolist()[::7] + want.tolist()[200_000:]):
+        hint = int(np.frexp(np.float32(x))[1]) - 1 - (len(str(x)) % 2)  # (any e with 2**e <= x < 2**(e + 2))
+        h, f = f16_round(np.float32(x), hint, POW2)
+        assert int(h) == int(np.float16(w).view(np.uint16)) and f == np.float32(w), x
+
+
+def test_block_packing_is_the_numpy_layout(rng):
+    for scheme, top in [("q8_0", None), ("q4_0", 15), ("q4_1", 15), ("q5_0", 31), ("q5_1", 31)]:
+        q = (rng.integers(-128, 128, (3, 96)).astype(np.int8) if top is None
+             else rng.integers(0, top + 1, (3, 96)).astype(np.uint8))
+        d = rng.standard_normal((3, 3)).astype(np.float16)
+        m = rng.standard_normal((3, 3)).astype(np.float16) if scheme.endswith("_1") else None
+        parts = [d.reshape(3, 3, 1).view(np.uint8)] + ([m.reshape(3, 3, 1).view(np.uint8)] if m is not None else [])
+        u = q.reshape(3, 3, 32)
+        if scheme == "q8_0":
+            parts.append(u.view(np.uint8))
+        else:
+            if scheme.startswith("q5"):
+                parts.append(np.packbits(u >> np.uint8(4), axis=-1, bitorder="little"))
+            parts.append((u[..., :16] & np.uint8(0x0F)) | (u[..., 16:] << np.uint8(4)))
+        want = np.concatenate(parts, axis=-1).reshape(3, -1)
+        assert np.array_equal(ggml_rows(scheme, q, d, m), want), scheme
+
+
 def _llama_gguf(path, rng, ftype=None, dtype=np.float32):
     """A small llama-shaped GGUF by gguf-py's writer: hparams, a tokenizer, norms and matrices."""
     w = GGUFWriter(str(path), "llama")

@@ -33,13 +33,18 @@ log = logging.getLogger("streamcompress")
 
 
 def _versions() -> dict[str, str]:
-    import numba
-    import zarr
+    from importlib.metadata import PackageNotFoundError, version
 
     from .._version import __version__
 
-    return {"streamcompress": __version__, "numpy": np.__version__, "numba": numba.__version__,
-            "zarr": zarr.__version__, "python": platform.python_version()}
+    def of(name: str) -> str:
+        try:
+            return version(name)  # (not imported for this: a GGUF run never loads zarr)
+        except PackageNotFoundError:
+            return "unknown"
+
+    return {"streamcompress": __version__, "numpy": np.__version__, "numba": of("numba"), "zarr": of("zarr"),
+            "python": platform.python_version()}
 
 
 def compress_model(

@@ -96,14 +96,35 @@ class _IO:
 
     def _mapped(self, src: TensorSource, blocks: list[Block], on_read) -> Iterator:
         read = self._reader(src, blocks)
-        for b in blocks:
-            check_stop()
+
+        def get(b: Block) -> np.ndarray:
             x = src.map_block(b)
-            if x is None:  # e.g. a block across chunks: read it (into the ring)
-                x = read(b)
-            on_read(b)
-            yield b, x
-            del x  # unmapped before the next is mapped
+            return read(b) if x is None else x  # (e.g. a block across chunks: read into the ring)
+
+        if not self.enabled:
+            for b in blocks:
+                check_stop()
+                x = get(b)
+                on_read(b)
+                yield b, x
+                del x  # unmapped before the next is mapped
+            return
+        fut = self.reader.submit(get, blocks[0]) if blocks else None  # the next one mapped while this one is used
+        try:
+            for i, b in enumerate(blocks):
+                check_stop()
+                x = fut.result()
+                fut = self.reader.submit(get, blocks[i + 1]) if i + 1 < len(blocks) else None
+                on_read(b)
+                yield b, x
+                del x
+        finally:
+            if fut is not None:
+                fut.cancel()
+                try:
+                    fut.result()
+                except BaseException:  # noqa: BLE001 - the reader's error is not ours to raise
+                    pass
 
     def write(self, fn, *args) -> None:
         if not self.enabled:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -157,19 +158,50 @@ class SafetensorsSource(TensorSource):
             fd = self._fds[self.entry.path] = os.open(self.entry.path, os.O_RDONLY)
         return fd
 
-    def read_raw(self, block: Block) -> np.ndarray:
-        isz = self._raw.itemsize
-        off = self.entry.begin + block.start * isz
-        want = block.size * isz
-        buf = bytearray(want)
-        view = memoryview(buf)
+    def _pread(self, block: Block, view: memoryview) -> None:
+        off = self.entry.begin + block.start * self._raw.itemsize
         got = 0
-        while got < want:
+        while got < view.nbytes:
             n = os.preadv(self._fd(), [view[got:]], off + got)
             if n <= 0:
                 raise CorruptCheckpoint(f"'{self.entry.path}' ended inside tensor '{self.entry.name}'")
             got += n
+
+    def read_raw(self, block: Block) -> np.ndarray:
+        buf = bytearray(block.size * self._raw.itemsize)
+        self._pread(block, memoryview(buf))
         return np.frombuffer(buf, dtype=self._raw).reshape(block.shape)
+
+    @property
+    def reads_into(self) -> bool:  # float32 as stored: read straight into the engine's reused buffers
+        return self._raw == np.float32
+
+    def read_into(self, block: Block, out: np.ndarray) -> np.ndarray:
+        flat = out[: block.size]
+        self._pread(block, memoryview(flat).cast("B"))
+        return flat
+
+    @property
+    def maps(self) -> bool:
+        return self._raw == np.float32
+
+    def map_block(self, block: Block) -> np.ndarray | None:
+        """The block's float32 values mapped from the file, read-only (the page cache's
+        own pages: no copy; mapped as one range, ``MAP_POPULATE``); unmapped when
+        the array goes."""
+        if not block.size:
+            return None
+        off = self.entry.begin + block.start * 4
+        lo = off - off % mmap.ALLOCATIONGRANULARITY
+        length = off - lo + block.size * 4
+        if off + block.size * 4 > self.entry.end:
+            return None
+        try:
+            mm = mmap.mmap(self._fd(), length, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                           prot=mmap.PROT_READ, offset=lo)
+        except (OSError, ValueError):
+            return None
+        return np.frombuffer(mm, dtype=np.float32, count=block.size, offset=off - lo)
 
     def stored_bytes(self) -> int:
         return self.entry.end - self.entry.begin

@@ -21,14 +21,16 @@ float16, so every value dequantizes to 0, or to ``min``).
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from numba import prange
 
-from ._jit import JIT, PJIT
+from ._jit import JIT, PJIT, TILE
 from .quant import _unit, _unit_bounds
 
-__all__ = ["quantize_units_ggml", "dequantize_units_affine", "pack_ggml_blocks"]
+__all__ = ["quantize_units_ggml", "dequantize_units_affine", "pack_ggml_blocks", "q8_0_pass", "f16_round", "POW2"]
 
 
 @numba.njit(**JIT)
@@ -134,3 +136,190 @@ def pack_ggml_blocks(q, d16, m16, bits, out):
             o += 4
         for j in range(16):
             out[o + j] = np.uint8((q[base + j] & 0x0F) | ((q[base + 16 + j] & 0x0F) << 4))
+
+
+@numba.njit(**JIT)
+def _q8_code(v, s, iv, lo_q, hi_q):
+    """``quantize_units``' code of ``v`` with ``use_inv`` and zero point 0 (the same
+    float32 steps: ``round_half_away(v * iv)``, NaN to 0, clamped; 0 for a zero scale)."""
+    if s == 0:
+        return min(max(np.float32(0.0), lo_q), hi_q)
+    tq = np.float32(v * iv)
+    a = abs(tq)
+    r = np.float32(np.trunc(a))
+    r = r + np.float32(1.0) if a - r >= np.float32(0.5) else r
+    r = -r if tq < 0 else r
+    r = np.float32(0.0) if r != r else r
+    return min(max(r + np.float32(0.0), lo_q), hi_q)
+
+
+#: 2**k as float64 at index k + 200 (powers of two by table, not pow)
+POW2 = 2.0 ** np.arange(-200, 201, dtype=np.float64)
+
+
+@numba.njit(**JIT)
+def _f32_of_bits(key, pow2):
+    """The float32 of non-negative bits ``key`` (no NaN), in float64 arithmetic."""
+    ex = np.int64(key >> np.uint32(23))
+    mant = np.int64(key & np.uint32(0x7FFFFF))
+    if ex == 0:
+        return np.float32(mant * pow2[200 - 149])
+    if ex == 255:
+        return np.float32(np.inf)
+    return np.float32((8388608 + mant) * pow2[200 + ex - 150])
+
+
+@numba.njit(**JIT)
+def f16_round(v, e, pow2):
+    """``(float16 bits, float32 value)`` of a float32 ``v >= 0`` rounded to float16 to
+    nearest, ties to even, as numpy's ``astype(np.float16)`` (an overflow gives
+    inf, ``0x7C00``); ``e``: ``2**e <= v < 2**(e + 2)`` (when ``v > 0``). In
+    float64, exactly: the value over its float16 quantum, rounded with ``rint``."""
+    if v == 0:
+        return np.uint16(0), np.float32(0.0)
+    if not v < np.inf:
+        return np.uint16(0x7C00), np.float32(np.inf)
+    w = np.float64(v)
+    if w >= pow2[200 + e + 1]:
+        e += 1
+    if e < -14:  # float16 subnormal: quantum 2**-24
+        r = np.rint(w * pow2[200 + 24])
+        return np.uint16(r), np.float32(r * pow2[200 - 24])
+    r = np.rint(w * pow2[200 + 10 - e])  # 11 significant bits
+    if r == 2048.0:
+        r = 1024.0
+        e += 1
+    if e > 15:
+        return np.uint16(0x7C00), np.float32(np.inf)
+    return np.uint16(((e + 15) << 10) | (np.int64(r) - 1024)), np.float32(r * pow2[200 + e - 10])
+
+
+@numba.njit(**PJIT)
+def q8_0_pass(x, xb, qmin, qmax, pow2, out):
+    """Q8_0 of a block of whole units of 32 (``x[32 u : 32 u + 32]`` is unit ``u``;
+    ``xb`` its uint32 view) in one pass, with what the generic steps give:
+
+    - ``d = absmax / 127`` (``unit_absmax``: taken on the bits, NaN ignored),
+      ``1/d`` (0 for ``d == 0``), its float16 ``d`` (``f16_round``; ``pow2``
+      is ``POW2``), codes as
+      ``quantize_units`` makes them with ``use_inv``;
+    - ``out`` (uint8, 34 bytes a unit) gets each unit's block: ``d``'s float16
+      bits, little-endian, then the 32 int8 codes;
+    - returns ``(nonzero, sum_sq_err, max_abs_err, sum_sq_signal)`` as
+      ``diff_stats(x, dequantized)`` (the same tiles, sums and order), then the
+      count of NaN/inf (``count_nonfinite``), the largest absmax, and whether
+      an absmax was inf (1) or a float16 ``d`` overflowed (2).
+
+    ``x`` is not changed."""
+    n = x.size
+    nt = max((n + TILE - 1) // TILE, 1)
+    nz = np.zeros(nt, dtype=np.int64)
+    sse = np.zeros(nt, dtype=np.float64)
+    mx = np.zeros(nt, dtype=np.float64)
+    sig = np.zeros(nt, dtype=np.float64)
+    bad = np.zeros(nt, dtype=np.int64)
+    top = np.zeros(nt, dtype=np.float32)
+    flags = np.zeros(nt, dtype=np.int64)
+    lo_q = np.float32(qmin)
+    hi_q = np.float32(qmax)
+    for t in prange(nt):
+        lo = t * TILE
+        hi = min(n, (t + 1) * TILE)
+        nb = 0
+        tp = np.float32(0.0)
+        fl = 0
+        deq = np.empty(hi - lo, np.float32)  # (the tile's values dequantized, codes, 1/d and d: the codes
+        qt = np.empty(hi - lo, np.int8)  # and sums run over the tile after the scales)
+        ivs = np.empty((hi - lo) // 32, np.float32)
+        sfs = np.empty((hi - lo) // 32, np.float32)
+        for u in range(lo // 32, hi // 32):
+            xs = x[u * 32:u * 32 + 32]
+            bs = xb[u * 32:u * 32 + 32]
+            key = np.uint32(0)
+            for j in range(32):
+                k = bs[j] & np.uint32(0x7FFFFFFF)
+                nb += k >= np.uint32(0x7F800000)
+                key = max(key, k if k <= np.uint32(0x7F800000) else np.uint32(0))
+            amax = _f32_of_bits(key, pow2)
+            if amax == np.inf:
+                fl |= 1
+            tp = max(tp, amax)
+            s = np.float32(amax / np.float32(127))
+            iv = np.float32(np.float32(1.0) / s) if s != 0 else np.float32(0.0)
+            # (2**E <= amax < 2**(E + 1), so 2**(E - 7) <= amax / 127 < 2**(E - 5))
+            h, sf = f16_round(s, np.int64(key >> np.uint32(23)) - 127 - 7, pow2)
+            if sf == np.inf and amax != np.inf:
+                fl |= 2
+            o = u * 34
+            out[o] = np.uint8(h & 0xFF)
+            out[o + 1] = np.uint8(h >> 8)
+            ivs[u - lo // 32] = iv if sf != 0 else np.float32(0.0)  # (a float16 d of 0: every code 0)
+            sfs[u - lo // 32] = sf
+        xt = x[lo:hi]
+        for uu in range((hi - lo) // 32):
+            iv = ivs[uu]
+            sf = sfs[uu]
+            xs = xt[uu * 32:uu * 32 + 32]
+            qs = qt[uu * 32:uu * 32 + 32]
+            ds = deq[uu * 32:uu * 32 + 32]
+            for j in range(32):
+                tq = np.float32(xs[j] * iv)
+                a = abs(tq)
+                r = np.float32(np.trunc(a))
+                r = r + np.float32(1.0) if a - r >= np.float32(0.5) else r
+                r = -r if tq < 0 else r
+                r = np.float32(0.0) if r != r else r
+                q = min(max(r + np.float32(0.0), lo_q), hi_q)
+                qs[j] = np.int8(q)
+                ds[j] = np.float32(q * sf)
+        for uu in range((hi - lo) // 32):
+            o = (lo // 32 + uu) * 34 + 2
+            for j in range(32):
+                out[o + j] = np.uint8(qt[uu * 32 + j])
+        c = 0
+        e = 0.0
+        m = 0.0
+        sg = 0.0
+        xt = x[lo:hi]
+        for i in range(hi - lo):  # (diff_stats' loop over the tile)
+            a = np.float64(deq[i])
+            bb = np.float64(xt[i])
+            c += a != 0
+            d = a - bb
+            e += d * d
+            m = max(m, abs(d))
+            sg += bb * bb
+        if not (np.isfinite(e) and np.isfinite(sg)):  # as diff_stats: non-finite differences left out
+            e = 0.0
+            m = 0.0
+            sg = 0.0
+            for i in range(hi - lo):
+                a = np.float64(deq[i])
+                bb = np.float64(xt[i])
+                d = a - bb
+                if np.isfinite(d):
+                    e += d * d
+                    if abs(d) > m:
+                        m = abs(d)
+                if np.isfinite(bb):
+                    sg += bb * bb
+        nz[t] = c
+        sse[t] = e
+        mx[t] = m
+        sig[t] = sg
+        bad[t] = nb
+        top[t] = tp
+        flags[t] = fl
+    tot_e = 0.0
+    tot_s = 0.0
+    tot_m = 0.0
+    tot_top = np.float32(0.0)
+    fl_all = 0
+    for t in range(nt):
+        tot_e += sse[t]
+        tot_s += sig[t]
+        if mx[t] > tot_m:
+            tot_m = mx[t]
+        tot_top = max(tot_top, top[t])
+        fl_all |= flags[t]
+    return nz.sum(), tot_e, tot_m, tot_s, bad.sum(), tot_top, fl_all

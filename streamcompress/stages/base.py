@@ -114,6 +114,19 @@ class StageRunner(ABC):
         """Per-tensor facts for the report (threshold, scale, ...)."""
         return {}
 
+    #: ``apply_measured`` does the work (and leaves ``x`` as it was)
+    measures: bool = False
+
+    def apply_measured(self, block: Block, x: np.ndarray, mask: np.ndarray | None, check=None) -> tuple | None:
+        """The last stage's apply and its block stats in one: ``(nonzero, sum_sq_err,
+        max_abs_err, sum_sq_signal)`` as ``kernels.diff_stats(x before, x after)``
+        gives them, ``x`` left as it was (nothing reads it after the last stage
+        of a stored encoding); None when this runner does not (the pipeline
+        then copies, applies and compares). ``check``: when given, called with
+        the block's count of NaN/inf before any other error is raised (the
+        pipeline's own check of the block is then left to this)."""
+        return None
+
     def encoding(self, form: str = "zarr") -> Encoding | None:
         """The stored form when this runner is the pipeline's last (None: float32).
         ``form``: ``"zarr"`` (FORMAT.md's arrays) or ``"gguf"`` (ggml blocks)."""

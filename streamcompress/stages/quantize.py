@@ -335,10 +335,39 @@ class _SchemeRunner(StageRunner):
     def info(self) -> dict[str, Any]:
         return {"scheme": self.s.spec(), "absmax": self._amax}
 
+    def apply_measured(self, block: Block, x: np.ndarray, mask: np.ndarray | None, check=None) -> tuple | None:
+        """Q8_0 into a GGUF: the block's ggml bytes, its stats and its count of NaN/inf
+        from one kernel (``kernels.q8_0_pass``): the same bytes, stats and errors
+        as the statistic, ``apply``, packing and ``diff_stats`` steps (tested)."""
+        if not self._fused:
+            return None
+        out = np.empty(x.size // 32 * 34, np.uint8)
+        nz, sse, mx, sig, bad, top, flags = K.q8_0_pass(x, x.view(np.uint32), self.s.qmin, self.s.qmax, K.POW2, out)
+        if check is not None:
+            check(int(bad))
+        if flags & 1:
+            self.s.scales_from_stats(np.array([np.inf], np.float32), None, self.meta.name)  # (its error)
+        if flags & 2:
+            self.s.scales_from_stats(np.array([np.float32(top)]), None, self.meta.name)
+        self._amax = max(self._amax, float(top))
+        self._last = (block, out)
+        return nz, sse, mx, sig
+
+    #: the GGUF encoding's bytes come from ``apply_measured`` (set by ``encoding("gguf")``)
+    _fused = False
+
+    @property
+    def measures(self) -> bool:
+        return self._fused
+
     def encoding(self, form: str = "zarr") -> Encoding | None:
         if not self.real:
             return None
-        return _GGMLEncoding(self) if form == "gguf" and self.s.ggml else _QuantEncoding(self)
+        if form == "gguf" and self.s.ggml:
+            # (Q8_0 blocks in one kernel when every block is whole units of rows of whole units)
+            self._fused = self.s.name == "q8_0" and self.local and self.L % self.g == 0 and self.g == 32
+            return _GGMLEncoding(self)
+        return _QuantEncoding(self)
 
 
 class _QuantEncoding(Encoding):
@@ -446,8 +475,11 @@ class _GGMLEncoding(Encoding):
                           {"ggml": self.kind})]
 
     def emit(self, block: Block, x: np.ndarray) -> list[tuple[str, tuple, np.ndarray]]:
-        b, codes, used, zp = self.r._last
-        self.r._last = None
+        last, self.r._last = self.r._last, None
+        lo = block.start // 32 * self.block_bytes
+        if len(last) == 2:  # made by apply_measured
+            return [("", (slice(lo, lo + last[1].size),), last[1])]
+        b, codes, used, zp = last
         half = {"q4_0": 8, "q5_0": 16}.get(self.kind, 0)
         q = codes.view(np.uint8)
         if half:
@@ -457,5 +489,4 @@ class _GGMLEncoding(Encoding):
             m16 = zp.astype(np.float16).view(np.uint16) if self.s.has_min else np.empty(0, np.uint16)
         out = np.empty(used.size * self.block_bytes, np.uint8)
         K.pack_ggml_blocks(q, d16, m16, self.s.bits, out)
-        lo = block.start // 32 * self.block_bytes
         return [("", (slice(lo, lo + out.size),), out)]

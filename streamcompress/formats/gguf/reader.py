@@ -251,6 +251,8 @@ class BlockSource(SafetensorsSource):
     float32 as it is read (whole blocks of 32)."""
 
     block_multiple = 32
+    reads_into = False  # (decoded as read: no raw float32 to read into a buffer or map)
+    maps = False
 
     def __init__(self, entry: STEntry, fds: dict[Path, int], ggml_type: int) -> None:
         super().__init__(entry, fds)

@@ -177,7 +177,6 @@ def _compress_gguf(tensors: Any, sources: list, config: CompressionConfig, skip:
         if sk and not src.is_float:
             log.warning("tensor '%s' (%s) is not a float tensor: copied unchanged", src.meta.name,
                         src.logical_dtype)
-    K.check_threading_layer()
     run = _prepare(sources, config, skip, options, form="gguf")
     outs = []
     for src, pipe in zip(sources, run.pipelines):
@@ -194,6 +193,7 @@ def _compress_gguf(tensors: Any, sources: list, config: CompressionConfig, skip:
                       "input_fingerprint": run.input_fp, "status": "running"}
             sink = GGUFSink(out, outs, kv, align, resume=resume, run_record=record)
             try:
+                K.check_threading_layer()  # (late: Numba loads on the CLI's thread while the above ran)
                 if sink.resumed:
                     _check_resume(sink, run.pipeline_fp, run.input_fp)
                     sink.set_run_record(record)

@@ -138,21 +138,6 @@ def pack_ggml_blocks(q, d16, m16, bits, out):
             out[o + j] = np.uint8((q[base + j] & 0x0F) | ((q[base + 16 + j] & 0x0F) << 4))
 
 
-@numba.njit(**JIT)
-def _q8_code(v, s, iv, lo_q, hi_q):
-    """``quantize_units``' code of ``v`` with ``use_inv`` and zero point 0 (the same
-    float32 steps: ``round_half_away(v * iv)``, NaN to 0, clamped; 0 for a zero scale)."""
-    if s == 0:
-        return min(max(np.float32(0.0), lo_q), hi_q)
-    tq = np.float32(v * iv)
-    a = abs(tq)
-    r = np.float32(np.trunc(a))
-    r = r + np.float32(1.0) if a - r >= np.float32(0.5) else r
-    r = -r if tq < 0 else r
-    r = np.float32(0.0) if r != r else r
-    return min(max(r + np.float32(0.0), lo_q), hi_q)
-
-
 #: 2**k as float64 at index k + 200 (powers of two by table, not pow)
 POW2 = 2.0 ** np.arange(-200, 201, dtype=np.float64)
 

@@ -149,13 +149,21 @@ class _Cursor:
         raise CorruptCheckpoint(f"'{self.path}': {what} has unknown value type {vtype}")
 
 
+#: the last headers read, by (path, size, mtime, inode): a run reads its input's twice (tensors, key/values)
+_HEADERS: dict[tuple, GGUFHeader] = {}
+
+
 def read_header(path: Path) -> GGUFHeader:
     """Parse and check one GGUF file's header (no tensor data is read)."""
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        if key in _HEADERS:
+            return _HEADERS[key]
         f = open(path, "rb")
     except OSError as e:
         raise InvalidStore(f"cannot read '{path}': {e.strerror}") from None
+    size = st.st_size
     with f:
         c = _Cursor(f, path, size)
         magic = c.take(4, "the magic") if size >= 4 else b""
@@ -202,6 +210,9 @@ def read_header(path: Path) -> GGUFHeader:
     data_start = -(-header_end // align) * align
     h = GGUFHeader(path, version, kv, tensors, align, data_start, size, kv_bytes)
     _check_tensors(h)
+    if len(_HEADERS) > 8:
+        _HEADERS.clear()
+    _HEADERS[key] = h
     return h
 
 

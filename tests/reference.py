@@ -237,9 +237,48 @@ def ref_units(x, granularity, group):
     return [((0, slice(None)), x.reshape(1, -1)[0])]
 
 
-def ref_quantize_scheme(x, name, granularity="tensor", group=32, scale_dtype="float32"):
-    """Returns (codes int array shaped like x, scales 1-D per unit (stored dtype), zps 1-D, dequantized)."""
+def _ref_unit(u, name, scale_dtype, p=np.float32(1)):
+    """(codes, scale used, zero point, dequantized, scale judged) of one unit, its range shrunk by ``p``."""
     sym, qmin, qmax = SCHEMES[name]
+    if name == "q8_0":
+        d = np.float32(np.abs(u).max() / np.float32(127))
+        idv = np.float32(0) if d == 0 else np.float32(np.float32(1) / d)
+        q = round_half_away((u * idv).astype(np.float32))
+        used = np.float32(np.float16(d))
+        z = 0
+        s = d
+    elif sym:
+        s = np.float32(np.float32(np.float32(np.abs(u).max()) * p) / np.float32(qmax))
+        used = np.float32(s.astype(scale_dtype))
+        q = np.zeros(u.shape) if used == 0 else round_half_away((u / used).astype(np.float32))
+        z = 0
+    else:
+        lo = min(np.float32(np.float32(min(np.float32(u.min()), np.float32(0))) * p), np.float32(0))
+        hi = max(np.float32(np.float32(max(np.float32(u.max()), np.float32(0))) * p), np.float32(0))
+        s = np.float32((hi - lo) / np.float32(qmax - qmin))
+        used = np.float32(s.astype(scale_dtype))
+        z = 0 if used == 0 else int(np.clip(round_half_away(np.array([np.float32(qmin) - np.float32(lo / used)]))[0], qmin, qmax))
+        q = np.zeros(u.shape) if used == 0 else round_half_away((u / used).astype(np.float32))
+    q = np.clip(q + z, qmin, qmax).astype(np.int64)
+    return q, used, z, ((q - z).astype(np.float32) * used).astype(np.float32), s
+
+
+def ref_mse_shrink(u, name):
+    """The MSE observer's shrink factor of one unit: the first ``p = 1 - i/100``
+    (``i < 80``) of least squared error, judged with float32 scales, the error
+    summed in float64 in element order."""
+    best, bp = np.inf, np.float32(1)
+    for i in range(80):
+        p = np.float32(1.0 - i / 100.0)
+        _, _, _, deq, _ = _ref_unit(u, name, "float32", p)
+        err = np.cumsum((deq.astype(np.float64) - u.astype(np.float64)) ** 2)[-1]
+        if err < best:
+            best, bp = err, p
+    return bp
+
+
+def ref_quantize_scheme(x, name, granularity="tensor", group=32, scale_dtype="float32", observer="minmax"):
+    """Returns (codes int array shaped like x, scales 1-D per unit (stored dtype), zps 1-D, dequantized)."""
     x = np.asarray(x, np.float32)
     if granularity == "group" and x.ndim >= 1:
         work = x.reshape(-1, x.shape[-1])
@@ -251,27 +290,10 @@ def ref_quantize_scheme(x, name, granularity="tensor", group=32, scale_dtype="fl
     deq = np.zeros(work.shape, np.float32)
     scales, zps = [], []
     for (r, sl), u in ref_units(x, granularity, group):
-        if name == "q8_0":
-            d = np.float32(np.abs(u).max() / np.float32(127))
-            idv = np.float32(0) if d == 0 else np.float32(np.float32(1) / d)
-            q = round_half_away((u * idv).astype(np.float32))
-            used = np.float32(np.float16(d))
-            z = 0
-        elif sym:
-            s = np.float32(np.abs(u).max() / np.float32(qmax))
-            used = np.float32(s.astype(scale_dtype))
-            q = np.zeros(u.shape) if used == 0 else round_half_away((u / used).astype(np.float32))
-            z = 0
-        else:
-            lo = min(np.float32(u.min()), np.float32(0))
-            hi = max(np.float32(u.max()), np.float32(0))
-            s = np.float32((hi - lo) / np.float32(qmax - qmin))
-            used = np.float32(s.astype(scale_dtype))
-            z = 0 if used == 0 else int(np.clip(round_half_away(np.array([np.float32(qmin) - np.float32(lo / used)]))[0], qmin, qmax))
-            q = np.zeros(u.shape) if used == 0 else round_half_away((u / used).astype(np.float32))
-        q = np.clip(q + z, qmin, qmax).astype(np.int64)
+        p = ref_mse_shrink(u, name) if observer == "mse" and granularity in ("channel", "group") else np.float32(1)
+        q, used, z, d, _ = _ref_unit(u, name, scale_dtype, p)
         codes[r, sl] = q
-        deq[r, sl] = ((q - z).astype(np.float32) * used).astype(np.float32)
+        deq[r, sl] = d
         scales.append(used)
         zps.append(z)
     return codes.reshape(x.shape), np.array(scales, np.float32), np.array(zps, np.int64), deq.reshape(x.shape)

@@ -58,6 +58,10 @@ def _add_stage_flags(p: argparse.ArgumentParser) -> None:
                    help="write dequantized float32 instead of codes (int8 per tensor: the seed's QuantizeInt8)")
     g.add_argument("--scale-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of stored scales (default float32; q8_0 is always float16)")
+    g.add_argument("--observer", choices=["minmax", "mse"], default="minmax",
+                   help="how --quantize picks each channel's or group's range: minmax (default, the range "
+                        "itself) or mse (the clipped range of least squared error; int8/int4 per channel or "
+                        "group)")
     g.add_argument("--tensor-type", metavar="PATTERN=SCHEME", action="append", default=[],
                    help="per-tensor scheme override (first match wins; SCHEME 'none' leaves it float); "
                         "PATTERN is a glob or re:REGEX")
@@ -134,14 +138,15 @@ def pipeline_of(args: argparse.Namespace) -> CompressionConfig:
             stages.append(PruneNM(value[0], value[1], args.metric))
         elif kind == "quantize":
             scheme = parse_scheme(value, args.scale_dtype)
-            if args.simulate and scheme == parse_scheme("int8") and not args.tensor_type:
+            if args.simulate and scheme == parse_scheme("int8") and not args.tensor_type and args.observer == "minmax":
                 stages.append(QuantizeInt8())  # exactly the seed's stage
             else:
                 if not args.simulate and scheme.granularity.value == "tensor" and ":" not in value:
                     log.warning("--quantize %s keeps one scale for a whole tensor, which is coarse for real "
                                 "weights; %s:channel (one scale per output row) keeps a model much closer "
                                 "(README, Quality)", value, scheme.name)
-                stages.append(Quantize(scheme, args.simulate, _overrides(args.tensor_type, args.scale_dtype)))
+                stages.append(Quantize(scheme, args.simulate, _overrides(args.tensor_type, args.scale_dtype),
+                                       args.observer))
         else:
             stages.append(Clip(value))
     return CompressionConfig(tuple(stages), args.skip_embeddings, tuple(args.ignore), tuple(args.include),

@@ -40,10 +40,12 @@ def load_sources(tensors: Any, missing: str = "error") -> list[TensorSource]:
 
 def _plan(src: TensorSource, stages, skipped: bool, options: EngineOptions) -> list[Block]:
     multiple = src.block_multiple
+    most = options.max_block_elems
     if not skipped:
         for s in stages:
             multiple = math.lcm(multiple, s.block_multiple(src.meta))
-    return plan_blocks(src.meta.shape, options.max_block_elems, src.chunks, multiple)
+            most = max(most, s.min_block(src.meta))
+    return plan_blocks(src.meta.shape, most, src.chunks, multiple)
 
 
 def _check_names(sources, pipelines) -> None:

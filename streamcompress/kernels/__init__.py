@@ -26,6 +26,7 @@ _WHERE = {
     "dequantize_units": "quant",
     "tile_of_units": "quant",
     "quantize_units_ggml": "ggml",
+    "unit_mse_shrink": "observe",
     "dequantize_units_affine": "ggml",
     "pack_ggml_blocks": "ggml",
     "q8_0_pass": "ggml",

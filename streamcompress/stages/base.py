@@ -388,6 +388,10 @@ class Stage(ABC):
         """Blocks that split the last axis must split it at multiples of this."""
         return 1
 
+    def min_block(self, meta: TensorMeta) -> int:
+        """Elements a block must be able to hold (a unit this stage needs whole in one block)."""
+        return 1
+
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """``{"name": ..., "configuration": {...}}``."""

@@ -117,6 +117,8 @@ class Quantize(Stage):
     scheme: QuantScheme = field(default_factory=QuantScheme)
     simulate: bool = False
     overrides: tuple[tuple[str, QuantScheme | None], ...] = ()
+    #: how each unit's range is chosen: ``minmax`` (the range itself) or ``mse`` (``kernels.observe``)
+    observer: str = "minmax"
     name: ClassVar[str] = "quantize"
 
     def __post_init__(self) -> None:
@@ -137,6 +139,13 @@ class Quantize(Stage):
         object.__setattr__(self, "overrides", tuple(ov))
         if not isinstance(self.simulate, bool):
             raise ConfigError("simulate must be true or false")
+        if self.observer not in OBSERVERS:
+            raise ConfigError(f"unknown observer '{self.observer}' (choose from {', '.join(OBSERVERS)})")
+        if self.observer != "minmax":
+            for sch in [self.scheme] + [o for _, o in self.overrides if o is not None]:
+                if sch.is_float or sch.ggml or sch.granularity not in _OBSERVED:
+                    raise ConfigError(f"the {self.observer} observer is for the int8/int4 schemes per channel or "
+                                      f"group (e.g. int4:group:32), not {sch.spec()}")
 
     def scheme_for(self, name: str) -> QuantScheme | None:
         for pat, sch in self.overrides:
@@ -150,7 +159,7 @@ class Quantize(Stage):
         sch = self.scheme_for(meta.name)
         if sch is None or meta.size == 0:
             return IdentityRunner(scheme=None)
-        return _SchemeRunner(sch, meta, blocks, real=not self.simulate)
+        return _SchemeRunner(sch, meta, blocks, real=not self.simulate, observer=self.observer)
 
     def encoded_bytes(self, meta: TensorMeta) -> int:
         sch = self.scheme_for(meta.name)
@@ -171,9 +180,20 @@ class Quantize(Stage):
         if sch is None:
             return 1
         m = 2 if sch.packed else 1
-        if sch.effective_granularity(meta.shape) is QuantGranularity.GROUP:
+        eg = sch.effective_granularity(meta.shape)
+        if eg is QuantGranularity.GROUP:
             m = math.lcm(m, sch.group_size)
+        if self.observer != "minmax" and eg in _OBSERVED:  # (whole units in each block: see _SchemeRunner)
+            L, g = sch.units(meta.shape)
+            m = math.lcm(m, L if eg is QuantGranularity.CHANNEL or L % g else g)
         return m
+
+    def min_block(self, meta: TensorMeta) -> int:
+        sch = self.scheme_for(meta.name)
+        if sch is None or self.observer == "minmax" or sch.effective_granularity(meta.shape) not in _OBSERVED:
+            return 1
+        L, g = sch.units(meta.shape)
+        return L if sch.effective_granularity(meta.shape) is QuantGranularity.CHANNEL or L % g else g
 
     def check_export(self, meta: TensorMeta, fmt: str) -> None:
         """Refuse, before any work, a tensor whose scheme or shape ``fmt`` cannot hold (GGUF)."""
@@ -192,25 +212,35 @@ class Quantize(Stage):
                                 "simulate": self.simulate}
         if self.overrides:
             conf["overrides"] = [[p, s.spec() if s else None] for p, s in self.overrides]
+        if self.observer != "minmax":  # (minmax runs keep the configurations, and fingerprints, they had)
+            conf["observer"] = self.observer
         return {"name": self.name, "configuration": conf}
 
     @classmethod
     def from_configuration(cls, conf: dict[str, Any]) -> Quantize:
         conf = dict(conf)
-        unknown = set(conf) - {"scheme", "scale_dtype", "simulate", "overrides"}
+        unknown = set(conf) - {"scheme", "scale_dtype", "simulate", "overrides", "observer"}
         if unknown:
             raise ConfigError(f"unknown quantize option(s): {', '.join(sorted(unknown))}")
         scheme = parse_scheme(conf.get("scheme", "int8"), conf.get("scale_dtype"))
         ov = conf.get("overrides", [])
         if isinstance(ov, dict):
             ov = list(ov.items())
-        return cls(scheme, bool(conf.get("simulate", False)), tuple(tuple(o) for o in ov))
+        return cls(scheme, bool(conf.get("simulate", False)), tuple(tuple(o) for o in ov),
+                   str(conf.get("observer", "minmax")))
 
 
 @functools.cache
 def _e4m3() -> np.ndarray:
     """float32 values of the 256 float8 E4M3 codes (a table the kernels index)."""
     return K.e4m3_values()
+
+
+#: the observers (``kernels.observe``): how a unit's range is chosen before its scale
+OBSERVERS = ("minmax", "mse")
+#: shrink factors the MSE observer tries: 1 - i / 100 for i < 80 (GPTQ's grid and maxshrink 0.8)
+MSE_STEPS = 80
+_OBSERVED = (QuantGranularity.CHANNEL, QuantGranularity.GROUP)
 
 
 def _on_unit_boundary(f: int, L: int, g: int) -> bool:
@@ -220,7 +250,8 @@ def _on_unit_boundary(f: int, L: int, g: int) -> bool:
 class _SchemeRunner(StageRunner):
     """Per-unit scales: from a statistic pass when units cross blocks, else per block."""
 
-    def __init__(self, scheme: QuantScheme, meta: TensorMeta, blocks: list[Block], real: bool) -> None:
+    def __init__(self, scheme: QuantScheme, meta: TensorMeta, blocks: list[Block], real: bool,
+                 observer: str = "minmax") -> None:
         self.s = scheme
         self.meta = meta
         self.real = real
@@ -230,6 +261,11 @@ class _SchemeRunner(StageRunner):
         self.local = not self.tiles and all(_on_unit_boundary(b.start, self.L, self.g)
                                             and _on_unit_boundary(b.start + b.size, self.L, self.g) for b in blocks)
         self.n_passes = 0 if self.local else 1
+        # (an observer other than minmax needs a unit's values together: one scale per tensor keeps minmax)
+        self.observer = observer if scheme.effective_granularity(meta.shape) in _OBSERVED else "minmax"
+        if self.observer != "minmax" and not self.local:
+            raise ConfigError(f"tensor '{meta.name}': the {observer} observer needs whole channels or groups in "
+                              "each block, and the input's chunks split them")
         self._mx: np.ndarray | None = None
         self._mn: np.ndarray | None = None
         self._glob: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -284,13 +320,24 @@ class _SchemeRunner(StageRunner):
         self._amax = float(np.max(np.maximum(self._mx, -self._mn))) if self._mx.size else 0.0
         self._mx = self._mn = None
 
+    def _shrunk(self, block: Block, x: np.ndarray, mx: np.ndarray, mn: np.ndarray | None):
+        """The units' ranges shrunk as the MSE observer chooses (``kernels.unit_mse_shrink``)."""
+        s = self.s
+        p = np.empty(mx.size, np.float32)
+        K.unit_mse_shrink(x, block.start, self.L, self.g, mx.astype(np.float32),
+                          (mn if mn is not None else mx).astype(np.float32), s.symmetric, s.qmin, s.qmax,
+                          MSE_STEPS, p)
+        return (mx * p).astype(np.float32), None if mn is None else (mn * p).astype(np.float32)
+
     # -- apply -----------------------------------------------------------------
     def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
         u0, k = K.unit_range(block.start, x.size, self.L, self.g)
         if self.local:
             mx, mn = self._block_stats(block, x)
-            used, inv, zp = self.s.scales_from_stats(mx, mn, self.meta.name)
             self._amax = max(self._amax, float(np.max(np.maximum(mx, -mn if mn is not None else mx))))
+            if self.observer == "mse":
+                mx, mn = self._shrunk(block, x, mx, mn)
+            used, inv, zp = self.s.scales_from_stats(mx, mn, self.meta.name)
         else:
             at = self.s.unit_scales(self.meta.shape, u0, k)
             used, inv, zp = (a[at] for a in self._glob)

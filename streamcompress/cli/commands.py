@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -63,10 +64,15 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     _freeze_gc()
 
     cfg = pipeline_of(args)
-    cfg.validate()
     progress = not args.quiet and sys.stderr.isatty()
     opts = EngineOptions(memory_budget=args.memory_budget, nonfinite=args.nonfinite, save_masks=args.save_masks,
                          codec=args.codec, progress=progress, missing_chunks=args.missing_chunks)
+    plan = None
+    if args.target_bpw is not None:
+        plan = _bit_plan(args, cfg, opts)
+        print(plan.table())
+        cfg = dataclasses.replace(cfg, stages=(plan.quantize_stage(),))
+    cfg.validate()
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     executor = None
@@ -82,8 +88,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if result.stored_bytes is not None:
         print(_stored_line(result))
     if args.report:
+        extra = {"bit_budget": plan.to_dict()} if plan is not None else {}
         Path(args.report).write_text(json.dumps(
-            {"input": args.input, "output": args.output, "pipeline": cfg.to_dict(), **result.to_dict()},
+            {"input": args.input, "output": args.output, "pipeline": cfg.to_dict(), **result.to_dict(), **extra},
             indent=2, default=_json_default))
         print(f"report written to {args.report}")
     return 0
@@ -109,9 +116,24 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {o!r}")
 
 
-def _cmd_estimate(args: argparse.Namespace) -> int:
-    from ..engine import estimate_compressed_size, load_sources
+def _bit_plan(args: argparse.Namespace, cfg, opts):
+    """The plan of ``--target-bpw`` (its measuring pass over the input)."""
+    from ..engine.budget import plan_bit_budget
 
+    if cfg.stages:
+        raise ConfigError("--target-bpw chooses each tensor's quantization: give it without --quantize, "
+                          "--prune, --clip or a --config pipeline")
+    return plan_bit_budget(args.input, cfg, args.target_bpw, tuple(args.candidates), args.observer,
+                           dataclasses.replace(opts, progress=False), args.bpw_objective)
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from ..engine import EngineOptions, estimate_compressed_size, load_sources
+
+    if args.target_bpw is not None:  # (a measuring pass: the plan, nothing written)
+        plan = _bit_plan(args, pipeline_of(args), EngineOptions())
+        print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.table())
+        return 0
     cfg = pipeline_of(args)
     sources = load_sources(args.input)
     before = sum(4 * s.meta.size for s in sources)

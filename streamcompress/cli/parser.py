@@ -62,6 +62,17 @@ def _add_stage_flags(p: argparse.ArgumentParser) -> None:
                    help="how --quantize picks each channel's or group's range: minmax (default, the range "
                         "itself) or mse (the clipped range of least squared error; int8/int4 per channel or "
                         "group)")
+    g.add_argument("--target-bpw", metavar="B", type=_fraction, default=None,
+                   help="mixed precision: choose a scheme per selected tensor (from --candidates) for the least "
+                        "total squared error at no more than B stored bits per weight (one measuring pass, "
+                        "then the run); instead of --quantize")
+    g.add_argument("--candidates", metavar="SCHEME", nargs="+", default=["int4:group:32", "int4:group:128",
+                                                                         "int8:channel"],
+                   help="the schemes --target-bpw chooses from (default int4:group:32 int4:group:128 "
+                        "int8:channel)")
+    g.add_argument("--bpw-objective", choices=["relative", "sse"], default="relative",
+                   help="what --target-bpw minimizes: the sum of each tensor's squared error over its sum of "
+                        "squares (relative, default) or the total squared error (sse)")
     g.add_argument("--tensor-type", metavar="PATTERN=SCHEME", action="append", default=[],
                    help="per-tensor scheme override (first match wins; SCHEME 'none' leaves it float); "
                         "PATTERN is a glob or re:REGEX")

@@ -10,6 +10,7 @@ one), ``compress`` (``compress_model``); beside them the stream tools
 ``streamcompress.formats``' protocols.
 """
 
+from .budget import BitPlan, plan_bit_budget
 from .compress import compress_model
 from .convert import EXPORT_FORMATS, export_checkpoint, import_checkpoint
 from .io import _IO, _Progress
@@ -18,6 +19,6 @@ from .options import EngineOptions, Interrupted, check_stop, clear_stop, parse_s
 from .plan import Run, load_sources
 from .tools import VERIFY_EXACT, estimate_compressed_size, restore, verify
 
-__all__ = ["EngineOptions", "compress_model", "estimate_compressed_size", "load_sources", "restore", "verify",
+__all__ = ["BitPlan", "plan_bit_budget", "EngineOptions", "compress_model", "estimate_compressed_size", "load_sources", "restore", "verify",
            "import_checkpoint", "export_checkpoint", "EXPORT_FORMATS", "LocalExecutor", "Run", "parse_size",
            "Interrupted", "request_stop", "clear_stop", "check_stop", "VERIFY_EXACT", "_IO", "_Progress"]

@@ -9,7 +9,7 @@ import numpy as np
 from ..layout import Block, TensorMeta
 from .base import TensorSource
 
-__all__ = ["ArraySource", "sources_from_arrays", "MemorySink"]
+__all__ = ["ArraySource", "sources_from_arrays", "MemorySink", "NullSink"]
 
 
 class ArraySource(TensorSource):
@@ -75,3 +75,15 @@ class MemorySink:
 
     def finish(self, attrs: dict[str, Any]) -> None:
         self.group_attrs = attrs
+
+
+class NullSink(MemorySink):
+    """Keeps nothing but the run's records: for a pass that only measures (the
+    bit budget's probe), so memory stays one block whatever the model."""
+
+    def create(self, name: str, shape, chunks, dtype, attrs: dict[str, Any]) -> None:
+        self.arrays[name] = np.zeros(0, dtype=dtype)
+        self.attrs[name] = dict(attrs)
+
+    def write(self, name: str, region: tuple, data: np.ndarray) -> None:
+        pass

@@ -1,0 +1,167 @@
+"""Mixed precision to a bit budget: what each candidate scheme would cost a tensor
+(``SchemeProbe``: its squared error and stored bits, all candidates in one
+sweep), and the exact choice of one scheme per tensor (``plan_bits``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import kernels as K
+from ..errors import ConfigError
+from ..layout import Block, TensorMeta
+from .base import Stage, StageRunner
+from .quantize import _OBSERVED, OBSERVERS, Quantize, _SchemeRunner
+from .schemes import QuantGranularity, QuantScheme, parse_scheme
+
+__all__ = ["SchemeProbe", "plan_bits", "DEFAULT_CANDIDATES"]
+
+#: the candidates of ``--target-bpw`` unless told otherwise
+DEFAULT_CANDIDATES = ("int4:group:32", "int4:group:128", "int8:channel")
+
+
+@dataclass(frozen=True)
+class SchemeProbe(Stage):
+    """Measures, per tensor, the squared error each candidate scheme would give
+    (round to nearest with ``observer``'s ranges), leaving the values as they
+    are. The tensor's info gets ``probe_sse`` (one per candidate)."""
+
+    candidates: tuple[QuantScheme, ...] = ()
+    observer: str = "minmax"
+    name: ClassVar[str] = "probe"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "candidates", tuple(parse_scheme(c) for c in self.candidates))
+        if not self.candidates:
+            raise ConfigError("a bit budget needs at least one candidate scheme")
+        if self.observer not in OBSERVERS:
+            raise ConfigError(f"unknown observer '{self.observer}' (choose from {', '.join(OBSERVERS)})")
+        for c in self.candidates:
+            if c.granularity not in _OBSERVED:  # (their scales come from each block alone: one pass)
+                raise ConfigError(f"a bit budget's candidates are per-channel or per-group schemes (e.g. "
+                                  f"int4:group:32, int8:channel), not {c.spec()}")
+            Quantize(c, observer=self.observer)  # (its checks)
+
+    def _quantizers(self) -> list[Quantize]:
+        return [Quantize(c, observer=self.observer) for c in self.candidates]
+
+    def _unit(self, c: QuantScheme, meta: TensorMeta) -> int:
+        eg = c.effective_granularity(meta.shape)
+        if eg is QuantGranularity.TENSOR:
+            return meta.size
+        L, g = c.units(meta.shape)
+        return L if eg is QuantGranularity.CHANNEL or L % g else g
+
+    def block_multiple(self, meta: TensorMeta) -> int:
+        m = 1
+        for q, c in zip(self._quantizers(), self.candidates):
+            m = math.lcm(m, q.block_multiple(meta))
+            if c.effective_granularity(meta.shape) is QuantGranularity.GROUP:
+                m = math.lcm(m, self._unit(c, meta))
+        return m
+
+    def min_block(self, meta: TensorMeta) -> int:
+        # every candidate's units whole in each block: its scales come from the block alone
+        return max(self._unit(c, meta) for c in self.candidates)
+
+    def bits(self, meta: TensorMeta) -> list[int]:
+        """Stored bits of the tensor under each candidate (codes, scales, zero points)."""
+        return [8 * q.encoded_bytes(meta) for q in self._quantizers()]
+
+    def runner(self, meta: TensorMeta, blocks: list[Block], state: Any = None) -> StageRunner:
+        return _ProbeRunner(self, meta, blocks)
+
+    def memory_after(self, meta: TensorMeta, memory_before: int) -> int:
+        return memory_before
+
+    def estimate(self, meta: TensorMeta, size: float) -> float:
+        return size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "configuration": {"candidates": [c.spec() for c in self.candidates],
+                                                     "observer": self.observer}}
+
+    @classmethod
+    def from_configuration(cls, conf: dict[str, Any]) -> SchemeProbe:
+        return cls(tuple(conf.get("candidates", DEFAULT_CANDIDATES)), str(conf.get("observer", "minmax")))
+
+
+class _ProbeRunner(StageRunner):
+    def __init__(self, probe: SchemeProbe, meta: TensorMeta, blocks: list[Block]) -> None:
+        self.runners = []
+        for c in probe.candidates:
+            obs = probe.observer if c.effective_granularity(meta.shape) in _OBSERVED else "minmax"
+            r = _SchemeRunner(c, meta, blocks, real=False, observer=obs)
+            if not r.local:
+                raise ConfigError(f"tensor '{meta.name}': a bit budget needs {c.spec()}'s units whole in each "
+                                  "block, and the input's chunks split them")
+            self.runners.append(r)
+        self.sse = [0.0] * len(self.runners)
+        self._spare = np.empty(0, np.float32)
+
+    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
+        if self._spare.size < x.size:
+            self._spare = np.empty(x.size, np.float32)
+        y = self._spare[: x.size]
+        for i, r in enumerate(self.runners):
+            np.copyto(y, x)
+            r.apply(block, y, None)
+            self.sse[i] += float(K.diff_stats(x, y)[1])
+
+    def info(self) -> dict[str, Any]:
+        return {"probe_sse": list(self.sse)}
+
+
+def plan_bits(sse: list[list[float]], bits: list[list[int]], budget: int,
+              max_states: int = 2_000_000) -> tuple[list[int], bool]:
+    """One candidate per tensor minimizing the total squared error with total bits
+    at most ``budget``: ``(choice per tensor, exact)``.
+
+    Exact: the Pareto front of (bits, error) over the tensors so far, keeping
+    only points no other point beats on both, and none that cannot fit the
+    budget with the cheapest choices left. Should the front pass
+    ``max_states``, it is thinned (every k-th point kept) and ``exact`` is
+    False. Raises ConfigError when even the cheapest choices exceed the budget.
+    """
+    n = len(sse)
+    if n == 0:
+        return [], True
+    cheapest_left = np.concatenate([np.cumsum([min(b) for b in bits][::-1])[::-1][1:], [0]])
+    if cheapest_left[0] + min(bits[0]) > budget:
+        raise ConfigError(f"the bit budget cannot be met: the cheapest candidates need "
+                          f"{int(cheapest_left[0] + min(bits[0]))} bits, the budget is {budget}")
+    # the front: bits, error, and for each point the choices that reached it (back-pointers per step)
+    fb = np.zeros(1, np.int64)
+    fe = np.zeros(1, np.float64)
+    back: list[tuple[np.ndarray, np.ndarray]] = []
+    exact = True
+    for t in range(n):
+        k = len(bits[t])
+        nb = (fb[:, None] + np.asarray(bits[t], np.int64)[None, :]).reshape(-1)
+        ne = (fe[:, None] + np.asarray(sse[t], np.float64)[None, :]).reshape(-1)
+        parent = np.repeat(np.arange(fb.size), k)
+        choice = np.tile(np.arange(k), fb.size)
+        ok = nb + cheapest_left[t] <= budget
+        nb, ne, parent, choice = nb[ok], ne[ok], parent[ok], choice[ok]
+        order = np.lexsort((ne, nb))  # by bits, then error
+        nb, ne, parent, choice = nb[order], ne[order], parent[order], choice[order]
+        best_before = np.concatenate([[np.inf], np.minimum.accumulate(ne)[:-1]])
+        keep = ne < best_before  # (strictly better than every point with fewer or equal bits)
+        nb, ne, parent, choice = nb[keep], ne[keep], parent[keep], choice[keep]
+        if nb.size > max_states:
+            step = -(-nb.size // max_states)
+            sel = np.unique(np.concatenate([np.arange(0, nb.size, step), [nb.size - 1]]))
+            nb, ne, parent, choice = nb[sel], ne[sel], parent[sel], choice[sel]
+            exact = False
+        back.append((parent, choice))
+        fb, fe = nb, ne
+    i = int(np.argmin(fe))
+    picks = [0] * n
+    for t in range(n - 1, -1, -1):
+        parent, choice = back[t]
+        picks[t] = int(choice[i])
+        i = int(parent[i])
+    return picks, exact

@@ -1,0 +1,114 @@
+"""Mixed precision to a bit budget (``--target-bpw``): the exact choice, the
+measuring pass, and the run that applies the plan."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+import streamcompress as sc
+from conftest import heavy_tailed
+from streamcompress.cli import main
+from streamcompress.engine import plan_bit_budget
+from streamcompress.layout import TensorMeta
+from streamcompress.stages import Quantize, parse_scheme
+from streamcompress.stages.probe import plan_bits
+from test_data_safety import one_line_error
+
+
+def _brute(sse, bits, budget):
+    best = None
+    for picks in itertools.product(*[range(len(b)) for b in bits]):
+        tb = sum(b[k] for b, k in zip(bits, picks))
+        if tb > budget:
+            continue
+        te = sum(e[k] for e, k in zip(sse, picks))
+        if best is None or te < best[0]:
+            best = (te, picks)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_choice_is_the_brute_force_optimum(seed):
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(1, 8)), int(rng.integers(1, 4))
+    bits = [sorted(rng.integers(10, 200, k).tolist()) for _ in range(n)]
+    sse = [sorted(rng.random(k).tolist(), reverse=True) for _ in range(n)]  # (more bits, less error: as real)
+    if seed % 3 == 0:  # and unordered ones, with ties
+        sse = [[float(round(v, 1)) for v in rng.random(k)] for _ in range(n)]
+    lo, hi = sum(min(b) for b in bits), sum(max(b) for b in bits)
+    budget = int(rng.integers(lo, hi + 1))
+    picks, exact = plan_bits(sse, bits, budget)
+    want = _brute(sse, bits, budget)
+    assert exact and sum(b[p] for b, p in zip(bits, picks)) <= budget
+    assert sum(e[p] for e, p in zip(sse, picks)) == pytest.approx(want[0], abs=1e-12)
+
+
+def test_a_budget_below_the_cheapest_choice_is_refused():
+    with pytest.raises(sc.ConfigError, match="cannot be met"):
+        plan_bits([[1.0, 0.5]], [[100, 200]], 99)
+    # thinned when the front is too large: still within the budget, said not exact
+    rng = np.random.default_rng(0)
+    sse = [rng.random(3).tolist() for _ in range(14)]
+    bits = [rng.integers(10, 1000, 3).tolist() for _ in range(14)]
+    budget = sum(int(np.median(b)) for b in bits)
+    picks, exact = plan_bits(sse, bits, budget, max_states=8)
+    assert not exact and sum(b[p] for b, p in zip(bits, picks)) <= budget
+
+
+def _model(rng):
+    return {"a.weight": heavy_tailed(rng, (64, 256)), "b.weight": heavy_tailed(rng, (128, 256)) * 0.1,
+            "c.weight": heavy_tailed(rng, (32, 512)) * 3, "norm.weight": np.ones(256, np.float32)}
+
+
+@pytest.mark.parametrize("objective", ["relative", "sse"])
+def test_the_plan_is_measured_in_one_pass_and_the_run_stores_what_it_planned(rng, objective):
+    tensors = _model(rng)
+    cfg = sc.CompressionConfig((), skip_1d=True)
+    plan = plan_bit_budget(tensors, cfg, 6.0, objective=objective, options=sc.EngineOptions(block_elems=1000))
+    assert [r["name"] for r in plan.rows] == ["a.weight", "b.weight", "c.weight"]  # (1-D left float)
+    assert plan.bits_per_weight() <= 6.0 and plan.exact
+    assert len({r["scheme"] for r in plan.rows}) > 1  # a real mix at this budget
+    run = sc.compress_model(tensors, sc.CompressionConfig((plan.quantize_stage(),), skip_1d=True))
+    for r in plan.rows:
+        st = run.tensor_stats[r["name"]]
+        assert st["stages"][0]["scheme"] == r["scheme"]
+        # the probe's error of each candidate is the error a run with it gives
+        for spec, cand in r["candidates"].items():
+            one = sc.compress_model({r["name"]: tensors[r["name"]]},
+                                    sc.CompressionConfig((Quantize(parse_scheme(spec)),)))
+            assert one.stage_stats[0].sum_sq_err == pytest.approx(cand["sse"], rel=1e-12)
+            assert 8 * Quantize(parse_scheme(spec)).encoded_bytes(
+                TensorMeta(r["name"], tensors[r["name"]].shape)) == cand["bits"]
+    # and the choice is the optimum of the measured figures
+    w = [1 / float(np.sum(tensors[r["name"]].astype(np.float64) ** 2)) if objective == "relative" else 1.0
+         for r in plan.rows]
+    specs = [c.spec() for c in plan.candidates]
+    sse = [[r["candidates"][s]["sse"] * wi for s in specs] for r, wi in zip(plan.rows, w)]
+    bits = [[r["candidates"][s]["bits"] for s in specs] for r in plan.rows]
+    best = _brute(sse, bits, int(6.0 * plan.params))
+    assert tuple(specs.index(r["scheme"]) for r in plan.rows) == best[1]
+
+
+def test_target_bpw_on_the_command_line_plans_reports_and_estimates(tmp_path, rng, capsys):
+    from test_streaming import write_store
+
+    src = write_store(tmp_path / "in.zarr", list(_model(rng).items()))
+    out, rep = tmp_path / "o.zarr", tmp_path / "r.json"
+    assert main(["estimate", str(src), "--target-bpw", "5.5", "--skip-1d", "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)
+    assert not out.exists() and est["bits_per_weight"] <= 5.5
+    assert main(["compress", str(src), str(out), "--target-bpw", "5.5", "--skip-1d", "-q", "--report", str(rep)]) == 0
+    r = json.loads(rep.read_text())
+    assert [t["scheme"] for t in r["bit_budget"]["tensors"]] == [t["scheme"] for t in est["tensors"]]
+    assert r["bit_budget"]["bits_per_weight"] <= 5.5
+    capsys.readouterr()
+    for bad, needle in ([["--target-bpw", "5", "--quantize", "int8"], "without --quantize"],
+                        [["--target-bpw", "1"], "cannot be met"],
+                        [["--target-bpw", "-2"], "positive"],
+                        [["--target-bpw", "5", "--candidates", "fp8:block"], "per-channel or per-group"],
+                        [["--target-bpw", "5", "--candidates", "int3"], "unknown quantization scheme"]):
+        assert main(["compress", str(src), str(tmp_path / "x.zarr"), *bad]) == 1, bad
+        one_line_error(capsys, needle)
+        assert not (tmp_path / "x.zarr").exists()

@@ -17,8 +17,11 @@ present) and pipeline, runs interleaved repetitions of
   (whole tensor loaded, threshold by ``np.partition``, quantized with numpy);
 
 each in a child process, timing wall-clock and peak RSS (``getrusage`` of
-the child). Prints medians, GB/s of input, ``sc`` as a fraction of the floor's
-speed, the speed-up over numpy and the memory ratio, and writes JSON.
+the child). Measured in the same run, two more floors: ``memcopy``, numpy copying
+the input's bytes once (memory bandwidth), and ``dd``, ``dd ... conv=fdatasync``
+writing as many bytes as ``sc`` wrote (the disk's durable write speed). Prints
+medians, GB/s of input, ``sc`` as a fraction of each floor's speed (``sc/mcpy``,
+``sc/dd``), the speed-up over numpy and the memory ratio, and writes JSON.
 
     python scripts/bench.py --sizes 1GB 4GB --reps 3
     python scripts/bench.py --sizes 8GB --reps 1 --no-numpy        # memory at 8 GB
@@ -198,6 +201,34 @@ def run_one(kind: str, src: Path, out: Path, pipeline: str, budget: str) -> dict
     return {"seconds": secs, "peak_rss": peak, "out_bytes": out_bytes}
 
 
+def memcopy_seconds(nbytes: int, reps: int = 3) -> float:
+    """The memory-bandwidth floor: seconds numpy takes to copy ``nbytes`` (in 256 MiB
+    pieces, buffers touched first), median of ``reps``."""
+    piece = min(nbytes, 256 << 20) // 4
+    a = np.ones(piece, np.float32)
+    b = np.zeros(piece, np.float32)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        left = nbytes // 4
+        while left > 0:
+            n = min(left, piece)
+            np.copyto(b[:n], a[:n])
+            left -= n
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def dd_seconds(path: Path, nbytes: int) -> float:
+    """The disk's durable write floor: ``dd if=/dev/zero bs=1M conv=fdatasync`` of ``nbytes``."""
+    t0 = time.perf_counter()
+    subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={max(1, -(-nbytes // (1 << 20)))}",
+                    "conv=fdatasync"], check=True, capture_output=True)
+    took = time.perf_counter() - t0
+    path.unlink()
+    return took
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["1GB"])
@@ -242,8 +273,12 @@ def main(argv=None) -> int:
                     samples.setdefault((pipeline, kind), []).append(r)
                     print(f"  rep {rep + 1} {size} {pipeline:<24} {kind:<12} {r['seconds']:7.2f} s "
                           f"{r['peak_rss'] / 2**20:7.0f} MiB", flush=True)
+        mem_s = memcopy_seconds(in_bytes)
         for pipeline in a.pipelines:
-            row = {"size": size, "dtype": a.dtype, "input_bytes": in_bytes, "pipeline": pipeline}
+            row = {"size": size, "dtype": a.dtype, "input_bytes": in_bytes, "pipeline": pipeline,
+                   "memcopy_seconds": mem_s}
+            out_bytes = samples[(pipeline, "sc")][-1]["out_bytes"]
+            row["dd_fdatasync_seconds"] = dd_seconds(data / "dd.bin", out_bytes)
             for kind in kinds:
                 s = samples[(pipeline, kind)]
                 row[kind] = {"median_seconds": statistics.median(x["seconds"] for x in s),
@@ -267,7 +302,8 @@ def main(argv=None) -> int:
 
     print()
     print(f"{'size':<6} {'pipeline':<24} {'sc GB/s':>8} {'floor GB/s':>10} {'sc/floor':>8} "
-          f"{'direct GB/s':>11} {'sc/direct':>9} {'vs numpy':>8} {'sc RSS':>8} {'np RSS':>8} {'RSS ratio':>9}")
+          f"{'direct GB/s':>11} {'sc/direct':>9} {'sc/mcpy':>8} {'sc/dd':>6} {'vs numpy':>8} {'sc RSS':>8} "
+          f"{'np RSS':>8} {'RSS ratio':>9}")
     for row in results["runs"]:
         gbs = row["input_bytes"] / row["sc"]["median_seconds"] / 1e9
         fgbs = row["input_bytes"] / row["floor"]["median_seconds"] / 1e9
@@ -275,8 +311,11 @@ def main(argv=None) -> int:
         row["sc_gb_per_s"], row["floor_gb_per_s"], row["floor_direct_gb_per_s"] = gbs, fgbs, dgbs
         row["sc_fraction_of_floor"] = row["floor"]["median_seconds"] / row["sc"]["median_seconds"]
         row["sc_fraction_of_direct_floor"] = row["floor-direct"]["median_seconds"] / row["sc"]["median_seconds"]
+        row["sc_fraction_of_memcopy"] = row["memcopy_seconds"] / row["sc"]["median_seconds"]
+        row["sc_fraction_of_dd"] = row["dd_fdatasync_seconds"] / row["sc"]["median_seconds"]
         line = (f"{row['size']:<6} {row['pipeline']:<24} {gbs:8.2f} {fgbs:10.2f} "
-                f"{row['sc_fraction_of_floor']:8.2f} {dgbs:11.2f} {row['sc_fraction_of_direct_floor']:9.2f}")
+                f"{row['sc_fraction_of_floor']:8.2f} {dgbs:11.2f} {row['sc_fraction_of_direct_floor']:9.2f} "
+                f"{row['sc_fraction_of_memcopy']:8.3f} {row['sc_fraction_of_dd']:6.2f}")
         if "numpy" in row:
             row["speedup_vs_numpy"] = row["numpy"]["median_seconds"] / row["sc"]["median_seconds"]
             row["rss_ratio_numpy_over_sc"] = row["numpy"]["median_peak_rss"] / row["sc"]["median_peak_rss"]

@@ -21,8 +21,6 @@ float16, so every value dequantizes to 0, or to ``min``).
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 from numba import prange

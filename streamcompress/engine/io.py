@@ -64,57 +64,31 @@ class _IO:
         return lambda readonly=False: self.blocks(src, blocks, on_read, readonly)
 
     def blocks(self, src: TensorSource, blocks: list[Block], on_read, readonly: bool = False) -> Iterator:
-        """``(block, flat float32)`` of each block in turn. ``readonly``: the caller
-        only reads the values (a statistic sweep), so blocks the source can map
-        from the page cache come mapped (no copy, no read-ahead needed)."""
+        """``(block, flat float32)`` of each block in turn, the next one read on the
+        reader thread while this one is in use. ``readonly``: the caller only
+        reads the values, so blocks the source can map from the page cache come
+        mapped (no copy; a block that cannot be mapped is read into the ring)."""
+        read = self._reader(src, blocks)
+        fetch = read
         if readonly and src.maps:
-            yield from self._mapped(src, blocks, on_read)
-            return
-        read = self._reader(src, blocks)
-        if not self.enabled:
-            for b in blocks:
-                check_stop()
-                x = read(b)
-                on_read(b)
-                yield b, x
-            return
-        fut = self.reader.submit(read, blocks[0]) if blocks else None
-        try:
-            for i, b in enumerate(blocks):
-                check_stop()
-                x = fut.result()
-                fut = self.reader.submit(read, blocks[i + 1]) if i + 1 < len(blocks) else None
-                on_read(b)
-                yield b, x
-        finally:
-            if fut is not None:
-                fut.cancel()
-                try:
-                    fut.result()
-                except BaseException:  # noqa: BLE001 - the reader's error is not ours to raise
-                    pass
-
-    def _mapped(self, src: TensorSource, blocks: list[Block], on_read) -> Iterator:
-        read = self._reader(src, blocks)
-
-        def get(b: Block) -> np.ndarray:
-            x = src.map_block(b)
-            return read(b) if x is None else x  # (e.g. a block across chunks: read into the ring)
+            def fetch(b: Block) -> np.ndarray:
+                x = src.map_block(b)
+                return read(b) if x is None else x
 
         if not self.enabled:
             for b in blocks:
                 check_stop()
-                x = get(b)
+                x = fetch(b)
                 on_read(b)
                 yield b, x
-                del x  # unmapped before the next is mapped
+                del x  # (a mapped block is unmapped before the next is mapped)
             return
-        fut = self.reader.submit(get, blocks[0]) if blocks else None  # the next one mapped while this one is used
+        fut = self.reader.submit(fetch, blocks[0]) if blocks else None
         try:
             for i, b in enumerate(blocks):
                 check_stop()
                 x = fut.result()
-                fut = self.reader.submit(get, blocks[i + 1]) if i + 1 < len(blocks) else None
+                fut = self.reader.submit(fetch, blocks[i + 1]) if i + 1 < len(blocks) else None
                 on_read(b)
                 yield b, x
                 del x

@@ -11,7 +11,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._jit import PJIT, TILE
+from ._jit import JIT, PJIT, TILE
 
 __all__ = [
     "count_nonzero",
@@ -197,6 +197,54 @@ def prune_threshold(x, keys, thr, ties_left, mask, want_mask, all_ties=False):
     return total
 
 
+@numba.njit(**JIT)
+def diff_tile(after, before):
+    """``(nonzero_after, sum_sq_err, max_abs_err, sum_sq_signal)`` of one tile: float64
+    sums in element order; a tile whose sums are not finite is redone leaving
+    non-finite differences (and signals) out."""
+    c = 0
+    e = 0.0
+    m = 0.0
+    s = 0.0
+    for i in range(after.size):
+        a = np.float64(after[i])
+        b = np.float64(before[i])
+        c += a != 0
+        d = a - b
+        e += d * d
+        m = max(m, abs(d))
+        s += b * b
+    if not (np.isfinite(e) and np.isfinite(s)):
+        e = 0.0
+        m = 0.0
+        s = 0.0
+        for i in range(after.size):
+            a = np.float64(after[i])
+            b = np.float64(before[i])
+            d = a - b
+            if np.isfinite(d):
+                e += d * d
+                if abs(d) > m:
+                    m = abs(d)
+            if np.isfinite(b):
+                s += b * b
+    return c, e, m, s
+
+
+@numba.njit(**JIT)
+def fold_tiles(nz, sse, mx, sig):
+    """The block's totals of its tiles' (:func:`diff_tile`), added in tile order."""
+    tot_e = 0.0
+    tot_s = 0.0
+    tot_m = 0.0
+    for t in range(sse.size):
+        tot_e += sse[t]
+        tot_s += sig[t]
+        if mx[t] > tot_m:
+            tot_m = mx[t]
+    return nz.sum(), tot_e, tot_m, tot_s
+
+
 @numba.njit(**PJIT)
 def diff_stats(before, after):
     """Partial stats of one stage on one block.
@@ -215,44 +263,5 @@ def diff_stats(before, after):
     for t in prange(nt):
         lo = t * TILE
         hi = min(n, (t + 1) * TILE)
-        c = 0
-        e = 0.0
-        m = 0.0
-        s = 0.0
-        af = after[lo:hi]
-        bf = before[lo:hi]
-        for i in range(hi - lo):
-            a = np.float64(af[i])
-            b = np.float64(bf[i])
-            c += a != 0
-            d = a - b
-            e += d * d
-            m = max(m, abs(d))
-            s += b * b
-        if not (np.isfinite(e) and np.isfinite(s)):
-            e = 0.0
-            m = 0.0
-            s = 0.0
-            for i in range(lo, hi):
-                a = np.float64(after[i])
-                b = np.float64(before[i])
-                d = a - b
-                if np.isfinite(d):
-                    e += d * d
-                    if abs(d) > m:
-                        m = abs(d)
-                if np.isfinite(b):
-                    s += b * b
-        nz[t] = c
-        sse[t] = e
-        mx[t] = m
-        sig[t] = s
-    tot_e = 0.0
-    tot_s = 0.0
-    tot_m = 0.0
-    for t in range(nt):
-        tot_e += sse[t]
-        tot_s += sig[t]
-        if mx[t] > tot_m:
-            tot_m = mx[t]
-    return nz.sum(), tot_e, tot_m, tot_s
+        nz[t], sse[t], mx[t], sig[t] = diff_tile(after[lo:hi], before[lo:hi])
+    return fold_tiles(nz, sse, mx, sig)

@@ -26,6 +26,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import JIT, PJIT, TILE
+from .elementwise import diff_tile, fold_tiles
 from .quant import _unit, _unit_bounds
 
 __all__ = ["quantize_units_ggml", "dequantize_units_affine", "pack_ggml_blocks", "q8_0_pass", "f16_round", "POW2"]
@@ -259,50 +260,14 @@ def q8_0_pass(x, xb, qmin, qmax, pow2, out):
             o = (lo // 32 + uu) * 34 + 2
             for j in range(32):
                 out[o + j] = np.uint8(qt[uu * 32 + j])
-        c = 0
-        e = 0.0
-        m = 0.0
-        sg = 0.0
-        xt = x[lo:hi]
-        for i in range(hi - lo):  # (diff_stats' loop over the tile)
-            a = np.float64(deq[i])
-            bb = np.float64(xt[i])
-            c += a != 0
-            d = a - bb
-            e += d * d
-            m = max(m, abs(d))
-            sg += bb * bb
-        if not (np.isfinite(e) and np.isfinite(sg)):  # as diff_stats: non-finite differences left out
-            e = 0.0
-            m = 0.0
-            sg = 0.0
-            for i in range(hi - lo):
-                a = np.float64(deq[i])
-                bb = np.float64(xt[i])
-                d = a - bb
-                if np.isfinite(d):
-                    e += d * d
-                    if abs(d) > m:
-                        m = abs(d)
-                if np.isfinite(bb):
-                    sg += bb * bb
-        nz[t] = c
-        sse[t] = e
-        mx[t] = m
-        sig[t] = sg
+        nz[t], sse[t], mx[t], sig[t] = diff_tile(deq, x[lo:hi])  # (diff_stats' tile)
         bad[t] = nb
         top[t] = tp
         flags[t] = fl
-    tot_e = 0.0
-    tot_s = 0.0
-    tot_m = 0.0
     tot_top = np.float32(0.0)
     fl_all = 0
     for t in range(nt):
-        tot_e += sse[t]
-        tot_s += sig[t]
-        if mx[t] > tot_m:
-            tot_m = mx[t]
         tot_top = max(tot_top, top[t])
         fl_all |= flags[t]
-    return nz.sum(), tot_e, tot_m, tot_s, bad.sum(), tot_top, fl_all
+    c, e, m, sg = fold_tiles(nz, sse, mx, sig)
+    return c, e, m, sg, bad.sum(), tot_top, fl_all

@@ -77,11 +77,12 @@ def observed(scheme: str) -> bool:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--schemes", nargs="+", default=SCHEMES)
+    p.add_argument("--schemes", nargs="*", default=SCHEMES)
     p.add_argument("--observers", nargs="+", default=["minmax"], choices=["minmax", "mse"])
     p.add_argument("--target-bpw", nargs="*", type=float, default=[],
                    help="also rows of --target-bpw B (default candidates), for each observer and --objectives")
     p.add_argument("--objectives", nargs="+", default=["relative"], choices=["relative", "sse"])
+    p.add_argument("--candidates", nargs="+", default=None, help="--target-bpw's candidates (default: its own)")
     a = p.parse_args(argv)
     model = minilm_dir()
     texts = sentences()
@@ -113,7 +114,8 @@ def main(argv=None) -> int:
                     tag = f"bpw{bpw}-{obj}-{obs}"
                     out, dense, rep = Path(tmp) / f"{tag}.zarr", Path(tmp) / f"{tag}-dense", Path(tmp) / f"{tag}.json"
                     t0 = time.perf_counter()
-                    sc("compress", str(model), str(out), "--target-bpw", str(bpw), "--bpw-objective", obj,
+                    cands = ["--candidates", *a.candidates] if a.candidates else []
+                    sc("compress", str(model), str(out), "--target-bpw", str(bpw), "--bpw-objective", obj, *cands,
                        "--observer", obs, "--ignore", "*embeddings*", "--skip-1d", "-q", "--report", str(rep))
                     took = time.perf_counter() - t0
                     r = json.loads(rep.read_text())
@@ -121,7 +123,8 @@ def main(argv=None) -> int:
                     got = r["bit_budget"]["bits_per_weight"]
                     sc("export", str(out), str(dense), "-q")
                     cos = np.sum(embed(dense, texts) * ref, axis=1)
-                    print(f"| `--target-bpw {bpw:g}` ({obj}; {got:.3f} bits/w) | {obs} | {cos.mean():.4f} | "
+                    which = " ".join(a.candidates) if a.candidates else "default candidates"
+                    print(f"| `--target-bpw {bpw:g}` ({obj}, {which}; {got:.3f} bits/w) | {obs} | {cos.mean():.4f} | "
                           f"{cos.min():.4f} | {mse:.4g} | {took:.1f} |", flush=True)
     return 0
 

@@ -363,6 +363,24 @@ def test_a_killed_gguf_compress_resumes_to_the_same_file(tmp_path, rng, scheme):
     assert not work.exists() and not journal.exists()
 
 
+def test_a_disk_too_small_for_the_gguf_fails_before_any_work(tmp_path, rng):
+    src = _llama_f32(tmp_path / "in.gguf", rng, n=4, shape=(256, 512))
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        r = subprocess.run(cli("compress", src, mnt / "out.gguf", "--quantize", "q8_0", "-q"), capture_output=True,
+                           text=True)
+        assert r.returncode == 1 and r.stderr.startswith("streamcompress: error:"), r.stderr
+        assert "No space left on device" in r.stderr and "reserved before any work" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert not [p.name for p in mnt.iterdir() if not p.name.endswith(".lock")]  # nothing left but no file
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
 def test_a_journal_line_cut_short_is_not_a_record(tmp_path, rng, monkeypatch, caplog):
     """A kill while a completion record is appended leaves half a line: that tensor is redone."""
     from streamcompress.formats.gguf import GGUFSink

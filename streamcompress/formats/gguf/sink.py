@@ -137,7 +137,8 @@ class GGUFSink:
         except OSError as e:
             for p in (self.work, self.journal):
                 p.unlink(missing_ok=True)
-            raise OutputError(self.path.name, e) from None
+            raise InvalidStore(f"cannot make '{self.path}' ({self.size} bytes, reserved before any work): "
+                               f"{e.strerror or e}") from None
 
     def run_record(self) -> dict[str, Any]:
         return self.record

@@ -363,6 +363,34 @@ def test_a_killed_gguf_compress_resumes_to_the_same_file(tmp_path, rng, scheme):
     assert not work.exists() and not journal.exists()
 
 
+@pytest.mark.parametrize("damage", ["header", "cut"])
+def test_a_damaged_work_file_is_redone_on_resume_not_kept(tmp_path, rng, monkeypatch, damage):
+    from streamcompress.formats.gguf import GGUFSink
+
+    src = _llama_f32(tmp_path / "in.gguf", rng, n=4, shape=(64, 256))
+    clean = tmp_path / "clean.gguf"
+    assert main(["compress", str(src), str(clean), "--quantize", "q8_0", "-q"]) == 0
+    out, work = tmp_path / "out.gguf", tmp_path / ".out.gguf.work"
+    real = GGUFSink.update_attrs
+    calls = []
+
+    def dies_at_the_third(self, name, attrs):
+        calls.append(name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(self, name, attrs)
+
+    monkeypatch.setattr(GGUFSink, "update_attrs", dies_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        sc.compress_model(str(src), sc.CompressionConfig((Quantize(sc.parse_scheme("q8_0")),)), output=out,
+                          options=sc.EngineOptions(block_elems=64 * 256))
+    monkeypatch.setattr(GGUFSink, "update_attrs", real)
+    blob = bytearray(work.read_bytes())
+    work.write_bytes(bytes(64) + bytes(blob[64:]) if damage == "header" else bytes(blob[: len(blob) // 2]))
+    assert main(["compress", str(src), str(out), "--quantize", "q8_0", "--resume", "-q"]) == 0
+    assert out.read_bytes() == clean.read_bytes()
+
+
 def test_a_disk_too_small_for_the_gguf_fails_before_any_work(tmp_path, rng):
     src = _llama_f32(tmp_path / "in.gguf", rng, n=4, shape=(256, 512))
     mnt = tmp_path / "small"

@@ -77,6 +77,7 @@ class GGUFSink:
         self.tensors = {t.name: (t, off) for t, off in zip(tensors, offsets)}
         self.done: dict[str, dict[str, Any]] = {}
         self.record: dict[str, Any] = {}
+        self._stale = False  # a journal whose work file is not this layout's (see set_run_record)
         self.resumed = resume and self._load()
         if not self.resumed:
             self._start(run_record or {})
@@ -105,8 +106,8 @@ class GGUFSink:
         if not recs or not isinstance(recs[0], dict) or "run" not in recs[0]:
             return False
         self.record = recs[0]["run"]
-        if not same:  # another layout (pipeline or input changed): _check_resume says which
-            self.record = {**self.record, "layout": "other"}
+        if not same:  # another layout: a changed pipeline or input (_check_resume refuses it), or a damaged file
+            self._stale = True
             return True
         for r in recs[1:]:
             if isinstance(r, dict) and r.get("name") in self.tensors and isinstance(r.get("info"), dict):
@@ -144,6 +145,15 @@ class GGUFSink:
         return self.record
 
     def set_run_record(self, record: dict[str, Any]) -> None:
+        """The resumed run's record. A work file whose header or size is not this
+        run's (cut short, overwritten), though its journal names the same run, is
+        started afresh here: none of it is kept."""
+        if self._stale:
+            os.close(self.fd)
+            self.fd = -1
+            self._start(record)
+            self.fd = os.open(self.work, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+            self._stale = False
         self.record = record
 
     def completed(self, name: str) -> dict[str, Any] | None:

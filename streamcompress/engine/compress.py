@@ -98,12 +98,8 @@ def compress_model(
     sources = load_sources(tensors, options.missing_chunks)
     if not sources:
         raise EmptyModel()
-    metas = [s.meta for s in sources]
-    skip = config.check(metas)
-    for src, sk in zip(sources, skip):
-        if sk and not src.is_float:
-            log.warning("tensor '%s' (%s) is not a float tensor: copied unchanged", src.meta.name,
-                        src.logical_dtype)
+    skip = config.check([s.meta for s in sources])
+    _warn_copied(sources, skip)
     K.check_threading_layer()
     run = _prepare(sources, config, skip, options)
     executor = executor or LocalExecutor()
@@ -111,16 +107,42 @@ def compress_model(
         executor.check(run, tensors, output)  # (a cluster is reached here, before the output is made)
         if output is None:
             return _compress(run, tensors, MemorySink(), executor, False)
-        with claim_output(output, in_paths, command="compress", overwrite=overwrite, resume=resume) as out:
-            record = {"command": "compress", "pipeline_fingerprint": run.pipeline_fp,
-                      "input_fingerprint": run.input_fp, "status": "running"}
-            sink = ZarrSink(out, overwrite=overwrite, codec=options.codec, resume=resume, run_record=record)
+        return _claimed(run, tensors, output, in_paths, overwrite, resume, executor,
+                        lambda out, record: ZarrSink(out, overwrite=overwrite, codec=options.codec, resume=resume,
+                                                     run_record=record))
+    finally:
+        executor.close()
+
+
+def _warn_copied(sources: list, skip: list[bool]) -> None:
+    for src, sk in zip(sources, skip):
+        if sk and not src.is_float:
+            log.warning("tensor '%s' (%s) is not a float tensor: copied unchanged", src.meta.name,
+                        src.logical_dtype)
+
+
+def _claimed(run: Run, tensors: Any, output: str | os.PathLike, in_paths: list, overwrite: bool, resume: bool,
+             executor: Any, make_sink, check_layer: bool = False) -> CompressionResult:
+    """The run into ``make_sink(claimed path, run record)``, with the output held
+    (``safety.claim_output``) for its whole length: a resumed sink is checked
+    against this run's fingerprints first. ``check_layer``: the threading-layer
+    check here, once the output is claimed (Numba loads on the CLI's thread
+    meanwhile)."""
+    with claim_output(output, in_paths, command="compress", overwrite=overwrite, resume=resume) as out:
+        record = {"command": "compress", "pipeline_fingerprint": run.pipeline_fp,
+                  "input_fingerprint": run.input_fp, "status": "running"}
+        sink = make_sink(out, record)
+        try:
+            if check_layer:
+                K.check_threading_layer()
             if sink.resumed:
                 _check_resume(sink, run.pipeline_fp, run.input_fp)
                 sink.set_run_record(record)
             return _compress(run, tensors, sink, executor, sink.resumed, out)
-    finally:
-        executor.close()
+        finally:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                close()
 
 
 def _compress_to_file(tensors: Any, config: CompressionConfig, fmt: str, output: Path, overwrite: bool,
@@ -173,10 +195,7 @@ def _compress_gguf(tensors: Any, sources: list, config: CompressionConfig, skip:
     in_paths = [tensors] if isinstance(tensors, (str, os.PathLike)) else []
     if options.save_masks:
         raise ConfigError("--save-masks: a GGUF file holds no prune masks; write a Zarr store for them")
-    for src, sk in zip(sources, skip):
-        if sk and not src.is_float:
-            log.warning("tensor '%s' (%s) is not a float tensor: copied unchanged", src.meta.name,
-                        src.logical_dtype)
+    _warn_copied(sources, skip)
     run = _prepare(sources, config, skip, options, form="gguf")
     outs = []
     for src, pipe in zip(sources, run.pipelines):
@@ -188,18 +207,9 @@ def _compress_gguf(tensors: Any, sources: list, config: CompressionConfig, skip:
     kv, align = model_kv(source_kv(Path(tensors)) if in_paths else [], outs)
     executor = executor or LocalExecutor()
     try:
-        with claim_output(output, in_paths, command="compress", overwrite=overwrite, resume=resume) as out:
-            record = {"command": "compress", "pipeline_fingerprint": run.pipeline_fp,
-                      "input_fingerprint": run.input_fp, "status": "running"}
-            sink = GGUFSink(out, outs, kv, align, resume=resume, run_record=record)
-            try:
-                K.check_threading_layer()  # (late: Numba loads on the CLI's thread while the above ran)
-                if sink.resumed:
-                    _check_resume(sink, run.pipeline_fp, run.input_fp)
-                    sink.set_run_record(record)
-                result = _compress(run, tensors, sink, executor, sink.resumed, out)
-            finally:
-                sink.close()
+        result = _claimed(run, tensors, output, in_paths, overwrite, resume, executor,
+                          lambda out, record: GGUFSink(out, outs, kv, align, resume=resume, run_record=record),
+                          check_layer=True)
     finally:
         executor.close()
     result.stored_bytes = output.stat().st_size

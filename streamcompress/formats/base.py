@@ -29,7 +29,7 @@ from ..layout import Block, TensorMeta
 
 __all__ = ["TensorSource", "Checkpoint", "Format", "Sink", "Exporter", "ByteStreams", "OutTensor",
            "LOGICAL_DTYPE_ATTR", "TENSOR_ORDER_ATTR", "MASK_GROUP", "AUX_DIR", "MISSING_CHUNKS", "CODECS",
-           "stored_nbytes", "digest", "write_stream", "split_greedy"]
+           "stored_nbytes", "digest", "widen_into", "write_stream", "split_greedy"]
 
 #: Subgroup holding prune masks (``__masks__/<tensor>``).
 MASK_GROUP = "__masks__"
@@ -55,7 +55,7 @@ def _widen(raw: np.ndarray, logical: str, owned: bool = False) -> np.ndarray:
     flat = raw.reshape(-1)
     if logical == "bfloat16":
         if flat.dtype == np.uint16:
-            return (flat.astype(np.uint32) << np.uint32(16)).view(np.float32)
+            return widen_into(flat, np.empty(flat.size, np.float32))
         return flat.astype(np.float32)
     if logical == "float16" and flat.dtype == np.uint16:
         return flat.view(np.float16).astype(np.float32)
@@ -64,6 +64,16 @@ def _widen(raw: np.ndarray, logical: str, owned: bool = False) -> np.ndarray:
             return flat
         return np.array(flat, dtype=np.float32, copy=True)
     return flat.astype(np.float32)
+
+
+def widen_into(bits: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """bfloat16 ``bits`` (flat uint16) as float32 in ``out[:bits.size]``, by a
+    kernel (no numpy temporaries); returns that slice."""
+    from ..kernels import widen_bf16
+
+    flat = out[: bits.size]
+    widen_bf16(bits.reshape(-1), flat.view(np.uint32))
+    return flat
 
 
 class TensorSource:

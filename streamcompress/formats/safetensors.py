@@ -26,7 +26,7 @@ from ..errors import CorruptCheckpoint, InvalidStore, StoreNotFound
 from ..layout import Block, TensorMeta
 from ..safety import bad_member_name
 from .base import (LOGICAL_DTYPE_ATTR, ByteStreams, Checkpoint, Exporter, Format, OutTensor, TensorSource, digest,
-                   split_greedy, write_stream)
+                   split_greedy, widen_into, write_stream)
 
 __all__ = ["SafetensorsFormat", "DenseExporter", "SafetensorsSource", "scan_checkpoint", "write_safetensors",
            "write_shards", "st_dtype_of", "check_name", "ST_DTYPES", "INDEX_NAME", "CorruptCheckpoint"]
@@ -173,10 +173,19 @@ class SafetensorsSource(TensorSource):
         return np.frombuffer(buf, dtype=self._raw).reshape(block.shape)
 
     @property
-    def reads_into(self) -> bool:  # float32 as stored: read straight into the engine's reused buffers
-        return self._raw == np.float32
+    def _bf16(self) -> bool:
+        return self.logical_dtype == "bfloat16" and self._raw == np.uint16
+
+    @property
+    def reads_into(self) -> bool:
+        """float32 as stored: read straight into the engine's reused buffers;
+        bfloat16: mapped and widened into them by a kernel."""
+        return self._raw == np.float32 or self._bf16
 
     def read_into(self, block: Block, out: np.ndarray) -> np.ndarray:
+        if self._bf16:
+            bits = self._map(block)
+            return widen_into(self.read_raw(block) if bits is None else bits, out)
         flat = out[: block.size]
         self._pread(block, memoryview(flat).cast("B"))
         return flat
@@ -189,19 +198,24 @@ class SafetensorsSource(TensorSource):
         """The block's float32 values mapped from the file, read-only (the page cache's
         own pages: no copy; mapped as one range, ``MAP_POPULATE``); unmapped when
         the array goes."""
+        return self._map(block) if self.maps else None
+
+    def _map(self, block: Block) -> np.ndarray | None:
+        """The block's stored values, mapped read-only (None where that cannot be)."""
         if not block.size:
             return None
-        off = self.entry.begin + block.start * 4
+        item = self._raw.itemsize
+        off = self.entry.begin + block.start * item
         lo = off - off % mmap.ALLOCATIONGRANULARITY
-        length = off - lo + block.size * 4
-        if off + block.size * 4 > self.entry.end:
+        length = off - lo + block.size * item
+        if off + block.size * item > self.entry.end:
             return None
         try:
             mm = mmap.mmap(self._fd(), length, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
                            prot=mmap.PROT_READ, offset=lo)
         except (OSError, ValueError):
             return None
-        return np.frombuffer(mm, dtype=np.float32, count=block.size, offset=off - lo)
+        return np.frombuffer(mm, dtype=self._raw, count=block.size, offset=off - lo)
 
     def stored_bytes(self) -> int:
         return self.entry.end - self.entry.begin

@@ -21,6 +21,7 @@ _WHERE = {
     "quantize_int8_sim": "quant",
     "square": "elementwise",
     "zero_nonfinite": "elementwise",
+    "widen_bf16": "elementwise",
     "random_scores": "lcg",
     "random_unit_scores": "lcg",
     "dequantize_units": "quant",

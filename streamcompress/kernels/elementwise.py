@@ -23,6 +23,7 @@ __all__ = [
     "prune_threshold",
     "cut_below",
     "diff_stats",
+    "widen_bf16",
 ]
 
 _KEYMASK = np.uint32(0x7FFFFFFF)
@@ -243,6 +244,16 @@ def fold_tiles(nz, sse, mx, sig):
         if mx[t] > tot_m:
             tot_m = mx[t]
     return nz.sum(), tot_e, tot_m, tot_s
+
+
+@numba.njit(**JIT)
+def widen_bf16(bits, out):
+    """bfloat16 ``bits`` (uint16) widened to float32 bit patterns in ``out`` (a
+    uint32 view of the float32 buffer, made in Python): ``bits << 16``, exact,
+    NaN payloads kept. Serial: it runs on the reader thread, beside the
+    parallel kernels of the block before."""
+    for i in range(bits.size):
+        out[i] = np.uint32(bits[i]) << np.uint32(16)
 
 
 @numba.njit(**PJIT)

@@ -140,6 +140,15 @@ class TensorSource:
     def raw_dtype(self) -> np.dtype:
         raise NotImplementedError
 
+    @property
+    def bf16_bits(self) -> bool:
+        """Stored as raw bfloat16 bits (uint16 with ``logical_dtype``): ``read_into`` widens them."""
+        return self.logical_dtype == "bfloat16" and self.raw_dtype == np.uint16
+
+    def widen_bits_into(self, block: Block, out: np.ndarray, bits: np.ndarray | None) -> np.ndarray:
+        """The block's bfloat16 ``bits`` (mapped; None: read with ``read_raw``) widened into ``out``."""
+        return widen_into(self.read_raw(block) if bits is None else bits, out)
+
 
 def stored_nbytes(src: TensorSource) -> int:
     return math.prod(src.meta.shape) * src.stored_itemsize

@@ -26,7 +26,7 @@ from ..errors import CorruptCheckpoint, InvalidStore, StoreNotFound
 from ..layout import Block, TensorMeta
 from ..safety import bad_member_name
 from .base import (LOGICAL_DTYPE_ATTR, ByteStreams, Checkpoint, Exporter, Format, OutTensor, TensorSource, digest,
-                   split_greedy, widen_into, write_stream)
+                   split_greedy, write_stream)
 
 __all__ = ["SafetensorsFormat", "DenseExporter", "SafetensorsSource", "scan_checkpoint", "write_safetensors",
            "write_shards", "st_dtype_of", "check_name", "ST_DTYPES", "INDEX_NAME", "CorruptCheckpoint"]
@@ -173,19 +173,14 @@ class SafetensorsSource(TensorSource):
         return np.frombuffer(buf, dtype=self._raw).reshape(block.shape)
 
     @property
-    def _bf16(self) -> bool:
-        return self.logical_dtype == "bfloat16" and self._raw == np.uint16
-
-    @property
     def reads_into(self) -> bool:
         """float32 as stored: read straight into the engine's reused buffers;
         bfloat16: mapped and widened into them by a kernel."""
-        return self._raw == np.float32 or self._bf16
+        return self._raw == np.float32 or self.bf16_bits
 
     def read_into(self, block: Block, out: np.ndarray) -> np.ndarray:
-        if self._bf16:
-            bits = self._map(block)
-            return widen_into(self.read_raw(block) if bits is None else bits, out)
+        if self.bf16_bits:
+            return self.widen_bits_into(block, out, self._map(block))
         flat = out[: block.size]
         self._pread(block, memoryview(flat).cast("B"))
         return flat

@@ -21,8 +21,7 @@ import numpy as np
 from ...errors import InvalidStore, MissingChunk, StoreNotFound
 from ...layout import Block, TensorMeta, plan_blocks
 from ...safety import RUN_ATTR
-from ..base import (AUX_DIR, LOGICAL_DTYPE_ATTR, TENSOR_ORDER_ATTR, Checkpoint, Format, TensorSource, digest,
-                    widen_into)
+from ..base import AUX_DIR, LOGICAL_DTYPE_ATTR, TENSOR_ORDER_ATTR, Checkpoint, Format, TensorSource, digest
 from .direct import DirectChunks, local_root
 
 __all__ = ["ZarrFormat", "ZarrSource", "QuantizedSource", "open_input", "group_sources", "read_region",
@@ -105,14 +104,10 @@ class ZarrSource(TensorSource):
         return self.raw_dtype.itemsize
 
     @property
-    def _bf16(self) -> bool:
-        return self.raw_dtype == np.uint16 and self.logical_dtype == "bfloat16"
-
-    @property
     def reads_into(self) -> bool:
         """float32: read straight into the engine's buffers; bfloat16 bits: widened into them by a kernel."""
-        return self.meta.ndim > 0 and (self._bf16 or (self.raw_dtype == np.float32
-                                                      and self.logical_dtype == "float32"))
+        return self.meta.ndim > 0 and (self.bf16_bits or (self.raw_dtype == np.float32
+                                                          and self.logical_dtype == "float32"))
 
     def read_raw(self, block: Block, out: np.ndarray | None = None) -> np.ndarray:
         where = f"block {block.index} (flat elements {block.start}..{block.start + block.size - 1})"
@@ -134,16 +129,15 @@ class ZarrSource(TensorSource):
     def read_into(self, block: Block, out: np.ndarray) -> np.ndarray:
         flat = out[: block.size]
         d = self._direct_chunks()
-        if self._bf16:
-            bits = d.map(block.start, block.size) if d else None
-            return widen_into(self.read_raw(block) if bits is None else bits, flat)
+        if self.bf16_bits:
+            return self.widen_bits_into(block, flat, d.map(block.start, block.size) if d else None)
         if not (d and d.read(block.start, flat)):
             self.read_raw(block, flat.reshape(block.shape))
         return flat
 
     @property
     def maps(self) -> bool:
-        return self.reads_into and not self._bf16 and self._direct_chunks() is not None
+        return self.reads_into and not self.bf16_bits and self._direct_chunks() is not None
 
     def map_block(self, block: Block) -> np.ndarray | None:
         return self._direct.map(block.start, block.size) if self.maps else None

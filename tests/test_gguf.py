@@ -363,20 +363,20 @@ def test_a_killed_gguf_compress_resumes_to_the_same_file(tmp_path, rng, scheme):
     assert not work.exists() and not journal.exists()
 
 
-@pytest.mark.parametrize("damage", ["header", "cut"])
-def test_a_damaged_work_file_is_redone_on_resume_not_kept(tmp_path, rng, monkeypatch, damage):
+def _interrupted_at_third_record(monkeypatch, src, out, before=None) -> list[str]:
+    """A Q8_0 compress of ``src`` into ``out`` stopped (KeyboardInterrupt) as its
+    third tensor's completion is recorded (after ``before(sink, name, attrs)``);
+    returns the names whose completion was asked, in order."""
     from streamcompress.formats.gguf import GGUFSink
 
-    src = _llama_f32(tmp_path / "in.gguf", rng, n=4, shape=(64, 256))
-    clean = tmp_path / "clean.gguf"
-    assert main(["compress", str(src), str(clean), "--quantize", "q8_0", "-q"]) == 0
-    out, work = tmp_path / "out.gguf", tmp_path / ".out.gguf.work"
     real = GGUFSink.update_attrs
     calls = []
 
     def dies_at_the_third(self, name, attrs):
         calls.append(name)
         if len(calls) == 3:
+            if before is not None:
+                before(self, name, attrs)
             raise KeyboardInterrupt
         real(self, name, attrs)
 
@@ -385,6 +385,16 @@ def test_a_damaged_work_file_is_redone_on_resume_not_kept(tmp_path, rng, monkeyp
         sc.compress_model(str(src), sc.CompressionConfig((Quantize(sc.parse_scheme("q8_0")),)), output=out,
                           options=sc.EngineOptions(block_elems=64 * 256))
     monkeypatch.setattr(GGUFSink, "update_attrs", real)
+    return calls
+
+
+@pytest.mark.parametrize("damage", ["header", "cut"])
+def test_a_damaged_work_file_is_redone_on_resume_not_kept(tmp_path, rng, monkeypatch, damage):
+    src = _llama_f32(tmp_path / "in.gguf", rng, n=4, shape=(64, 256))
+    clean = tmp_path / "clean.gguf"
+    assert main(["compress", str(src), str(clean), "--quantize", "q8_0", "-q"]) == 0
+    out, work = tmp_path / "out.gguf", tmp_path / ".out.gguf.work"
+    _interrupted_at_third_record(monkeypatch, src, out)
     blob = bytearray(work.read_bytes())
     work.write_bytes(bytes(64) + bytes(blob[64:]) if damage == "header" else bytes(blob[: len(blob) // 2]))
     assert main(["compress", str(src), str(out), "--quantize", "q8_0", "--resume", "-q"]) == 0
@@ -411,29 +421,17 @@ def test_a_disk_too_small_for_the_gguf_fails_before_any_work(tmp_path, rng):
 
 def test_a_journal_line_cut_short_is_not_a_record(tmp_path, rng, monkeypatch, caplog):
     """A kill while a completion record is appended leaves half a line: that tensor is redone."""
-    from streamcompress.formats.gguf import GGUFSink
-
     src = _llama_f32(tmp_path / "in.gguf", rng, n=4, shape=(64, 256))
     clean = tmp_path / "clean.gguf"
     assert main(["compress", str(src), str(clean), "--quantize", "q8_0", "-q"]) == 0
     out = tmp_path / "out.gguf"
     journal = tmp_path / ".out.gguf.work.json"
-    real = GGUFSink.update_attrs
-    calls = []
 
-    def dies_at_the_third(self, name, attrs):
-        calls.append(name)
-        if len(calls) == 3:
-            with open(self.journal, "a") as f:  # half of the third record, then the "kill"
-                f.write(json.dumps({"name": name, "info": attrs["streamcompress"]})[:40])
-            raise KeyboardInterrupt
-        real(self, name, attrs)
+    def half_a_record(sink, name, attrs):  # half of the third record, then the "kill"
+        with open(sink.journal, "a") as f:
+            f.write(json.dumps({"name": name, "info": attrs["streamcompress"]})[:40])
 
-    monkeypatch.setattr(GGUFSink, "update_attrs", dies_at_the_third)
-    with pytest.raises(KeyboardInterrupt):
-        sc.compress_model(str(src), sc.CompressionConfig((Quantize(sc.parse_scheme("q8_0")),)), output=out,
-                          options=sc.EngineOptions(block_elems=64 * 256))
-    monkeypatch.setattr(GGUFSink, "update_attrs", real)
+    calls = _interrupted_at_third_record(monkeypatch, src, out, half_a_record)
     assert len(journal.read_text().splitlines()) == 4 and not out.exists()  # run, 2 records, half a line
     caplog.set_level("INFO", "streamcompress")
     assert main(["compress", str(src), str(out), "--quantize", "q8_0", "--resume", "-q"]) == 0

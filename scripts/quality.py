@@ -68,17 +68,18 @@ def sc(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "streamcompress", *args], check=True, capture_output=True, text=True)
 
 
-def observed(scheme: str) -> bool:
-    """Whether ``--observer mse`` applies (int8/int4 per channel or group)."""
-    parts = scheme.split(":")
-    return parts[0] in ("int8", "int8_asym", "int4", "int4_asym") and (
-        (len(parts) > 1 and parts[1] in ("channel", "group")) or (len(parts) == 1 and parts[0].startswith("int4")))
+def observed(scheme: str, observer: str) -> bool:
+    """Whether ``--observer observer`` applies to ``scheme`` (as the tool decides it)."""
+    from streamcompress.stages.quantize import observer_applies
+    from streamcompress.stages.schemes import parse_scheme
+
+    return observer_applies(observer, parse_scheme(scheme))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--schemes", nargs="*", default=SCHEMES)
-    p.add_argument("--observers", nargs="+", default=["minmax"], choices=["minmax", "mse"])
+    p.add_argument("--observers", nargs="+", default=["minmax"], choices=["minmax", "mse", "hqq"])
     p.add_argument("--target-bpw", nargs="*", type=float, default=[],
                    help="also rows of --target-bpw B (default candidates), for each observer and --objectives")
     p.add_argument("--objectives", nargs="+", default=["relative"], choices=["relative", "sse"])
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for scheme in a.schemes:
             for obs in a.observers:
-                if obs != "minmax" and not observed(scheme):
+                if obs != "minmax" and not observed(scheme, obs):
                     continue
                 tag = f"{scheme}-{obs}".replace(":", "_")
                 out, dense, rep = Path(tmp) / f"{tag}.zarr", Path(tmp) / f"{tag}-dense", Path(tmp) / f"{tag}.json"

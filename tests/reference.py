@@ -325,3 +325,58 @@ def ref_prune_nm(x, n, m, metric="l1"):
     order = np.argsort(s, axis=1, kind="stable")[:, : m - n]
     np.put_along_axis(g, order, 0.0, axis=1)
     return g.reshape(x.shape)
+
+
+def _f16(v):
+    return np.asarray(v, np.float32).astype(np.float16).astype(np.float32)
+
+
+def ref_hqq_unit(u, d, m, top, lp=0.7, beta=10.0, kappa=1.01, iters=20):
+    """HQQ's min for one unit (as ``kernels.observe``: float64, sums in element
+    order, each unit stopping at its first step that does not lower its error,
+    keeping the best min seen)."""
+    u = np.asarray(u, np.float64)
+    d, m = float(d), float(m)
+    if d == 0 or u.size == 0:
+        return m
+    best, bm = math.inf, m
+    for _ in range(iters):
+        q = np.clip(round_half_away((u - m) / d), 0, top)
+        e = u - (q * d + m)
+        a = np.abs(e)
+        t = np.zeros_like(a)
+        nz = a > 0
+        t[nz] = a[nz] - (1.0 / beta) * a[nz] ** (lp - 1.0)
+        we = np.sign(e) * np.maximum(t, 0)
+        err = acc = 0.0
+        for i in range(u.size):  # (in element order, as the kernel sums)
+            err += a[i]
+            acc += (u[i] - we[i]) - q[i] * d
+        if not err < best:
+            break
+        best, bm = err, m
+        m = acc / u.size
+        beta *= kappa
+    return bm
+
+
+def ref_hqq_ggml(x, bits):
+    """``(codes, d, min, dequantized)`` of ggml's q4_1 / q5_1 (groups of 32 along
+    rows) with HQQ's min: ggml's ``d = (max - min) / top`` and min, both float16,
+    then the min HQQ moves (float16), and codes to nearest for the stored values."""
+    top = (1 << bits) - 1
+    x = np.asarray(x, np.float32)
+    codes = np.zeros(x.shape, np.uint8)
+    deq = np.zeros(x.shape, np.float32)
+    ds, ms = [], []
+    for at, u in ref_units(x, "group", 32):
+        d = _f16(np.float32(np.float32(u.max() - u.min()) / np.float32(top)))
+        m = _f16(np.float32(ref_hqq_unit(u, d, _f16(u.min()), top)))
+        t = ((u - m).astype(np.float32) / (d if d else np.float32(1))).astype(np.float32)
+        q = np.zeros(u.size) if d == 0 else np.clip(round_half_away(t), 0, top)
+        rows = codes.reshape(-1, x.shape[-1])
+        rows[at] = q.astype(np.uint8)
+        deq.reshape(-1, x.shape[-1])[at] = (q.astype(np.float32) * d).astype(np.float32) + m
+        ds.append(d)
+        ms.append(m)
+    return codes, np.array(ds, np.float32), np.array(ms, np.float32), deq

@@ -112,3 +112,28 @@ def test_target_bpw_on_the_command_line_plans_reports_and_estimates(tmp_path, rn
         assert main(["compress", str(src), str(tmp_path / "x.zarr"), *bad]) == 1, bad
         one_line_error(capsys, needle)
         assert not (tmp_path / "x.zarr").exists()
+
+
+def test_an_observer_measures_and_applies_the_candidates_it_fits_and_leaves_the_rest_minmax(rng):
+    """``--observer hqq`` with q4_1 and int8:channel among the candidates: q4_1's error
+    is measured (and stored) with HQQ, int8:channel's with minmax, as runs of each give."""
+    tensors = _model(rng)
+    cfg = sc.CompressionConfig((), skip_1d=True)
+    cands = ("q4_1", "q5_1", "int8:channel")
+    plan = plan_bit_budget(tensors, cfg, 6.0, candidates=cands, observer="hqq")
+    assert len({r["scheme"] for r in plan.rows}) > 1
+    for r in plan.rows:
+        for spec, cand in r["candidates"].items():
+            obs = "hqq" if spec.startswith("q") else "minmax"
+            one = sc.compress_model({r["name"]: tensors[r["name"]]},
+                                    sc.CompressionConfig((Quantize(parse_scheme(spec), observer=obs),)))
+            assert one.stage_stats[0].sum_sq_err == pytest.approx(cand["sse"], rel=1e-12), spec
+    run = sc.compress_model(tensors, sc.CompressionConfig((plan.quantize_stage(),), skip_1d=True))
+    for r in plan.rows:
+        st = run.tensor_stats[r["name"]]["stages"][0]
+        assert st["scheme"] == r["scheme"] and st.get("observer", "minmax") == (
+            "hqq" if r["scheme"].startswith("q") else "minmax")
+        assert run.tensor_stats[r["name"]]["stages"][0]["sum_sq_err"] == pytest.approx(
+            r["candidates"][r["scheme"]]["sse"], rel=1e-12)
+    with pytest.raises(sc.ConfigError, match="hqq observer does not apply"):
+        plan_bit_budget(tensors, cfg, 6.0, candidates=("int4:group:32", "int8:channel"), observer="hqq")

@@ -58,10 +58,11 @@ def _add_stage_flags(p: argparse.ArgumentParser) -> None:
                    help="write dequantized float32 instead of codes (int8 per tensor: the seed's QuantizeInt8)")
     g.add_argument("--scale-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of stored scales (default float32; q8_0 is always float16)")
-    g.add_argument("--observer", choices=["minmax", "mse"], default="minmax",
+    g.add_argument("--observer", choices=["minmax", "mse", "hqq"], default="minmax",
                    help="how --quantize picks each channel's or group's range: minmax (default, the range "
-                        "itself) or mse (the clipped range of least squared error; int8/int4 per channel or "
-                        "group)")
+                        "itself), mse (the clipped range of least squared error; int8/int4 per channel or "
+                        "group) or hqq (HQQ's optimized min; q4_1, q5_1). Schemes it does not apply to keep "
+                        "minmax")
     g.add_argument("--target-bpw", metavar="B", type=_fraction, default=None,
                    help="mixed precision: choose a scheme per selected tensor (from --candidates) for the least "
                         "total squared error at no more than B stored bits per weight (one measuring pass, "

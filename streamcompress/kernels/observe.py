@@ -10,6 +10,18 @@ Each candidate is judged exactly as it would be stored: its scale and zero
 point as ``QuantScheme.scales_from_stats`` makes them from the clipped range
 (float32 scales), its codes as ``quantize_units`` rounds them, the error
 summed in float64 in element order.
+
+``hqq`` (Badri and Shaji's Half-Quadratic Quantization, with its published
+defaults: ``lp = 0.7``, ``beta = 10``, ``kappa = 1.01``, 20 iterations) for
+the ggml ``_1`` kinds, whose ``min`` is a float zero point: the scale ``d``
+stays minmax's; the min is moved to fit the lp-norm (``p < 1``) of the error,
+alternating a shrinkage of the error ``e = shrink(x - (q d + m))`` with the
+closed-form min ``m = mean(x - e - q d)``, ``beta`` growing by ``kappa``. As
+HQQ's loop, a unit stops at its first step that does not lower its mean
+``|x - (q d + m)|``; unlike HQQ's (whose test is over the whole tensor, and
+which returns the min after that step), each unit stops on its own and keeps
+the best min it measured, so a tensor's result does not depend on its
+chunking. Codes round to nearest (half away from zero), as the stored form.
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ from numba import prange
 from ._jit import JIT, PJIT
 from .quant import _unit, _unit_bounds
 
-__all__ = ["unit_mse_shrink"]
+__all__ = ["unit_mse_shrink", "unit_hqq_min", "quantize_units_affine"]
 
 
 @numba.njit(**JIT)
@@ -87,3 +99,75 @@ def unit_mse_shrink(x, start, L, g, mx, mn, symmetric, qmin, qmax, steps, out):
                 best = e
                 bp = p
         out[j] = bp
+
+
+@numba.njit(**JIT)
+def _round_half_away64(t):
+    r = np.floor(abs(t) + 0.5)
+    return -r if t < 0 else r
+
+
+@numba.njit(**JIT)
+def _hqq_unit(xs, d, m, top, iters, lp, beta, kappa):
+    """The min HQQ settles on for one unit (float64; see the module docstring)."""
+    n = xs.size
+    if d == 0 or n == 0:
+        return m
+    best = np.inf
+    bm = m
+    for _ in range(iters):
+        err = 0.0
+        acc = 0.0
+        for i in range(n):
+            v = np.float64(xs[i])
+            q = min(max(_round_half_away64((v - m) / d), 0.0), top)
+            e = v - (q * d + m)
+            a = abs(e)
+            err += a
+            we = 0.0
+            if a > 0:
+                t = a - (1.0 / beta) * a ** (lp - 1.0)
+                if t > 0:
+                    we = t if e > 0 else -t
+            acc += (v - we) - q * d
+        if err < best:
+            best = err
+            bm = m
+        else:
+            break
+        m = acc / n
+        beta *= kappa
+    return bm
+
+
+@numba.njit(**PJIT)
+def unit_hqq_min(x, start, L, g, d, m, top, iters, lp, beta, kappa, out):
+    """``out[j]``: the min (float32) HQQ gives unit ``j`` of the block (whole units
+    only) from its scale ``d[j]`` (kept) and minmax's min ``m[j]``; codes ``0..top``."""
+    G = (L + g - 1) // g
+    u0 = _unit(start, L, g, G)
+    for j in prange(d.size):
+        lo, hi = _unit_bounds(j, u0, start, x.size, L, g, G)
+        out[j] = np.float32(_hqq_unit(x[lo:hi], np.float64(d[j]), np.float64(m[j]), np.float64(top),
+                                      iters, lp, beta, kappa))
+
+
+@numba.njit(**PJIT)
+def quantize_units_affine(x, start, L, g, d, m, top, codes):
+    """Codes ``q = clamp(round_half_away((x - m) / d), 0, top)`` (uint8) of the block
+    for per-unit ``d`` and ``m`` (float32, as stored; ``d == 0`` gives 0)."""
+    G = (L + g - 1) // g
+    u0 = _unit(start, L, g, G)
+    hi_q = np.float32(top)
+    for j in prange(d.size):
+        lo, hi = _unit_bounds(j, u0, start, x.size, L, g, G)
+        xs = x[lo:hi]
+        cs = codes[lo:hi]
+        dj = d[j]
+        mj = m[j]
+        for i in range(xs.size):
+            if dj == 0:
+                cs[i] = 0
+            else:
+                r = _round_half_away(np.float32(np.float32(xs[i] - mj) / dj))
+                cs[i] = np.uint8(min(max(r, np.float32(0.0)), hi_q))

@@ -14,7 +14,7 @@ from .. import kernels as K
 from ..errors import ConfigError
 from ..layout import Block, TensorMeta
 from .base import Stage, StageRunner
-from .quantize import _OBSERVED, OBSERVERS, Quantize, _SchemeRunner
+from .quantize import _OBSERVED, OBSERVERS, Quantize, _SchemeRunner, observer_applies
 from .schemes import QuantGranularity, QuantScheme, parse_scheme
 
 __all__ = ["SchemeProbe", "plan_bits", "DEFAULT_CANDIDATES"]
@@ -43,10 +43,14 @@ class SchemeProbe(Stage):
             if c.granularity not in _OBSERVED:  # (their scales come from each block alone: one pass)
                 raise ConfigError(f"a bit budget's candidates are per-channel or per-group schemes (e.g. "
                                   f"int4:group:32, int8:channel), not {c.spec()}")
-            Quantize(c, observer=self.observer)  # (its checks)
+        self._quantizers()  # (their checks)
+        if self.observer != "minmax" and not any(observer_applies(self.observer, c) for c in self.candidates):
+            Quantize(self.candidates[0], observer=self.observer)  # (its error: the observer fits no candidate)
 
     def _quantizers(self) -> list[Quantize]:
-        return [Quantize(c, observer=self.observer) for c in self.candidates]
+        """One quantize stage per candidate, with the observer where it applies (else minmax)."""
+        return [Quantize(c, observer=self.observer if observer_applies(self.observer, c) else "minmax")
+                for c in self.candidates]
 
     def _unit(self, c: QuantScheme, meta: TensorMeta) -> int:
         eg = c.effective_granularity(meta.shape)
@@ -93,8 +97,7 @@ class _ProbeRunner(StageRunner):
     def __init__(self, probe: SchemeProbe, meta: TensorMeta, blocks: list[Block]) -> None:
         self.runners = []
         for c in probe.candidates:
-            obs = probe.observer if c.effective_granularity(meta.shape) in _OBSERVED else "minmax"
-            r = _SchemeRunner(c, meta, blocks, real=False, observer=obs)
+            r = _SchemeRunner(c, meta, blocks, real=False, observer=probe.observer)
             if not r.local:
                 raise ConfigError(f"tensor '{meta.name}': a bit budget needs {c.spec()}'s units whole in each "
                                   "block, and the input's chunks split them")

@@ -117,7 +117,8 @@ class Quantize(Stage):
     scheme: QuantScheme = field(default_factory=QuantScheme)
     simulate: bool = False
     overrides: tuple[tuple[str, QuantScheme | None], ...] = ()
-    #: how each unit's range is chosen: ``minmax`` (the range itself) or ``mse`` (``kernels.observe``)
+    #: how each unit's range is chosen: ``minmax`` (the range itself), ``mse`` or ``hqq``
+    #: (``kernels.observe``), for the schemes that take it (``observer_applies``); the others keep minmax
     observer: str = "minmax"
     name: ClassVar[str] = "quantize"
 
@@ -141,11 +142,11 @@ class Quantize(Stage):
             raise ConfigError("simulate must be true or false")
         if self.observer not in OBSERVERS:
             raise ConfigError(f"unknown observer '{self.observer}' (choose from {', '.join(OBSERVERS)})")
-        if self.observer != "minmax":
-            for sch in [self.scheme] + [o for _, o in self.overrides if o is not None]:
-                if sch.is_float or sch.ggml or sch.granularity not in _OBSERVED:
-                    raise ConfigError(f"the {self.observer} observer is for the int8/int4 schemes per channel or "
-                                      f"group (e.g. int4:group:32), not {sch.spec()}")
+        schemes = [self.scheme] + [o for _, o in self.overrides if o is not None]
+        if self.observer != "minmax" and not any(observer_applies(self.observer, s) for s in schemes):
+            raise ConfigError(f"the {self.observer} observer does not apply to "
+                              f"{', '.join(dict.fromkeys(s.spec() for s in schemes))}: it is for "
+                              f"{OBSERVER_SCHEMES[self.observer]}")
 
     def scheme_for(self, name: str) -> QuantScheme | None:
         for pat, sch in self.overrides:
@@ -175,6 +176,10 @@ class Quantize(Stage):
     def estimate(self, meta: TensorMeta, size: float) -> float:
         return size * (self.encoded_bytes(meta) / (4 * meta.size)) if meta.size else size
 
+    def _observes(self, sch: QuantScheme, meta: TensorMeta) -> bool:
+        """Whether an observer other than minmax chooses ``sch``'s ranges on ``meta``."""
+        return self.observer != "minmax" and observer_applies(self.observer, sch, meta.shape)
+
     def block_multiple(self, meta: TensorMeta) -> int:
         sch = self.scheme_for(meta.name)
         if sch is None:
@@ -183,14 +188,14 @@ class Quantize(Stage):
         eg = sch.effective_granularity(meta.shape)
         if eg is QuantGranularity.GROUP:
             m = math.lcm(m, sch.group_size)
-        if self.observer != "minmax" and eg in _OBSERVED:  # (whole units in each block: see _SchemeRunner)
+        if self._observes(sch, meta):  # (whole units in each block: see _SchemeRunner)
             L, g = sch.units(meta.shape)
             m = math.lcm(m, L if eg is QuantGranularity.CHANNEL or L % g else g)
         return m
 
     def min_block(self, meta: TensorMeta) -> int:
         sch = self.scheme_for(meta.name)
-        if sch is None or self.observer == "minmax" or sch.effective_granularity(meta.shape) not in _OBSERVED:
+        if sch is None or not self._observes(sch, meta):
             return 1
         L, g = sch.units(meta.shape)
         return L if sch.effective_granularity(meta.shape) is QuantGranularity.CHANNEL or L % g else g
@@ -237,10 +242,27 @@ def _e4m3() -> np.ndarray:
 
 
 #: the observers (``kernels.observe``): how a unit's range is chosen before its scale
-OBSERVERS = ("minmax", "mse")
+OBSERVERS = ("minmax", "mse", "hqq")
+#: what each observer other than minmax is for (``observer_applies``), as error messages say it
+OBSERVER_SCHEMES = {"mse": "the int8/int4 schemes per channel or group (e.g. int4:group:32)",
+                    "hqq": "the ggml kinds with a min, q4_1 and q5_1 (HQQ moves a float zero point; "
+                           "int4_asym's integer one rounds it back to minmax's)"}
+#: HQQ's published defaults (lp norm, beta, kappa, iterations)
+HQQ_PARAMS = (0.7, 10.0, 1.01, 20)
 #: shrink factors the MSE observer tries: 1 - i / 100 for i < 80 (GPTQ's grid and maxshrink 0.8)
 MSE_STEPS = 80
 _OBSERVED = (QuantGranularity.CHANNEL, QuantGranularity.GROUP)
+
+
+def observer_applies(observer: str, scheme: QuantScheme, shape: tuple[int, ...] | None = None) -> bool:
+    """Whether ``observer`` chooses ``scheme``'s ranges (on a tensor of ``shape``: one
+    scale for the whole tensor keeps minmax); ``minmax`` always does."""
+    gran = scheme.granularity if shape is None else scheme.effective_granularity(shape)
+    if observer == "mse":
+        return not (scheme.is_float or scheme.ggml) and gran in _OBSERVED
+    if observer == "hqq":
+        return scheme.has_min and gran is QuantGranularity.GROUP
+    return True
 
 
 def _on_unit_boundary(f: int, L: int, g: int) -> bool:
@@ -262,7 +284,7 @@ class _SchemeRunner(StageRunner):
                                             and _on_unit_boundary(b.start + b.size, self.L, self.g) for b in blocks)
         self.n_passes = 0 if self.local else 1
         # (an observer other than minmax needs a unit's values together: one scale per tensor keeps minmax)
-        self.observer = observer if scheme.effective_granularity(meta.shape) in _OBSERVED else "minmax"
+        self.observer = observer if observer_applies(observer, scheme, meta.shape) else "minmax"
         if self.observer != "minmax" and not self.local:
             raise ConfigError(f"tensor '{meta.name}': the {observer} observer needs whole channels or groups in "
                               "each block, and the input's chunks split them")
@@ -373,14 +395,32 @@ class _SchemeRunner(StageRunner):
             raise ConfigError(f"tensor '{self.meta.name}': a scale of {s.spec()} overflows float16 (values up "
                               f"to {self._amax:.4g}); use int8")
         if s.has_min:
+            if self.observer == "hqq":
+                mins = self._hqq_mins(x, start, used, mins)
+                K.quantize_units_affine(x, start, self.L, self.g, used, mins, 2 * half - 1, q)
             K.dequantize_units_affine(q, start, self.L, self.g, used, mins, x)
             return q.view(np.int8), used, mins
         codes = (q.astype(np.int16) - half).astype(np.int8)
         K.dequantize_units(codes, start, self.L, self.g, used, np.zeros(k, np.int64), x)
         return codes, used, mins
 
+    def _hqq_mins(self, x: np.ndarray, start: int, d16: np.ndarray, m16: np.ndarray) -> np.ndarray:
+        """The units' mins as HQQ moves them (``kernels.unit_hqq_min``) from minmax's
+        ``m16``, for the scales ``d16``, both as stored; float16-rounded, in float32."""
+        m = np.empty(d16.size, np.float32)
+        lp, beta, kappa, iters = HQQ_PARAMS
+        K.unit_hqq_min(x, start, self.L, self.g, d16, m16, (1 << self.s.bits) - 1, iters, lp, beta, kappa, m)
+        with np.errstate(over="ignore"):
+            m = m.astype(np.float16).astype(np.float32)
+        if not np.isfinite(m).all():
+            raise ConfigError(f"tensor '{self.meta.name}': a min of {self.s.spec()} overflows float16")
+        return m
+
     def info(self) -> dict[str, Any]:
-        return {"scheme": self.s.spec(), "absmax": self._amax}
+        out = {"scheme": self.s.spec(), "absmax": self._amax}
+        if self.observer != "minmax":
+            out["observer"] = self.observer
+        return out
 
     def apply_measured(self, block: Block, x: np.ndarray, mask: np.ndarray | None, check=None) -> tuple | None:
         """Q8_0 into a GGUF: the block's ggml bytes, its stats and its count of NaN/inf

@@ -179,7 +179,7 @@ def f16_round(v, e, pow2):
 
 
 @numba.njit(**PJIT)
-def q8_0_pass(x, xb, qmin, qmax, pow2, out):
+def q8_0_pass(x, xb, qmin, qmax, pow2, out, c_step=34, c_at=2, d_step=34, d_at=0):
     """Q8_0 of a block of whole units of 32 (``x[32 u : 32 u + 32]`` is unit ``u``;
     ``xb`` its uint32 view) in one pass, with what the generic steps give:
 
@@ -187,8 +187,10 @@ def q8_0_pass(x, xb, qmin, qmax, pow2, out):
       ``1/d`` (0 for ``d == 0``), its float16 ``d`` (``f16_round``; ``pow2``
       is ``POW2``), codes as
       ``quantize_units`` makes them with ``use_inv``;
-    - ``out`` (uint8, 34 bytes a unit) gets each unit's block: ``d``'s float16
-      bits, little-endian, then the 32 int8 codes;
+    - ``out`` (uint8) gets unit ``u``'s float16 ``d`` bits, little-endian, at
+      ``u * d_step + d_at`` and its 32 int8 codes at ``u * c_step + c_at``: by
+      default ggml's 34-byte blocks (``d``, then the codes); ``32, 0, 2, n``
+      puts every code first (in element order), then the ``d`` s;
     - returns ``(nonzero, sum_sq_err, max_abs_err, sum_sq_signal)`` as
       ``diff_stats(x, dequantized)`` (the same tiles, sums and order), then the
       count of NaN/inf (``count_nonfinite``), the largest absmax, and whether
@@ -234,7 +236,7 @@ def q8_0_pass(x, xb, qmin, qmax, pow2, out):
             h, sf = f16_round(s, np.int64(key >> np.uint32(23)) - 127 - 7, pow2)
             if sf == np.inf and amax != np.inf:
                 fl |= 2
-            o = u * 34
+            o = u * d_step + d_at
             out[o] = np.uint8(h & 0xFF)
             out[o + 1] = np.uint8(h >> 8)
             ivs[u - lo // 32] = iv if sf != 0 else np.float32(0.0)  # (a float16 d of 0: every code 0)
@@ -257,7 +259,7 @@ def q8_0_pass(x, xb, qmin, qmax, pow2, out):
                 qs[j] = np.int8(q)
                 ds[j] = np.float32(q * sf)
         for uu in range((hi - lo) // 32):
-            o = (lo // 32 + uu) * 34 + 2
+            o = (lo // 32 + uu) * c_step + c_at
             for j in range(32):
                 out[o + j] = np.uint8(qt[uu * 32 + j])
         nz[t], sse[t], mx[t], sig[t] = diff_tile(deq, x[lo:hi])  # (diff_stats' tile)

@@ -293,6 +293,8 @@ class _SchemeRunner(StageRunner):
         self._glob: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._last: tuple | None = None
         self._amax = 0.0
+        # Q8_0 stored in one kernel (``apply_measured``) when every block is whole units of rows of whole units
+        self._fused = real and scheme.name == "q8_0" and self.local and self.L % self.g == 0 and self.g == 32
 
     # -- statistics ------------------------------------------------------------
     def _block_stats(self, block: Block, x: np.ndarray):
@@ -423,13 +425,18 @@ class _SchemeRunner(StageRunner):
         return out
 
     def apply_measured(self, block: Block, x: np.ndarray, mask: np.ndarray | None, check=None) -> tuple | None:
-        """Q8_0 into a GGUF: the block's ggml bytes, its stats and its count of NaN/inf
-        from one kernel (``kernels.q8_0_pass``): the same bytes, stats and errors
-        as the statistic, ``apply``, packing and ``diff_stats`` steps (tested)."""
+        """Q8_0 (stored, whole units of rows of whole units): the block's codes and
+        scales, its stats and its count of NaN/inf from one kernel
+        (``kernels.q8_0_pass``): the same codes, scales, stats and errors as the
+        statistic, ``apply``, packing and ``diff_stats`` steps (tested). Into a
+        GGUF the bytes are ggml's blocks; into a store, the codes then the scales."""
         if not self._fused:
             return None
-        out = np.empty(x.size // 32 * 34, np.uint8)
-        nz, sse, mx, sig, bad, top, flags = K.q8_0_pass(x, x.view(np.uint32), self.s.qmin, self.s.qmax, K.POW2, out)
+        n = x.size
+        out = np.empty(n // 32 * 34, np.uint8)
+        lay = () if self._gguf_blocks else (32, 0, 2, n)
+        nz, sse, mx, sig, bad, top, flags = K.q8_0_pass(x, x.view(np.uint32), self.s.qmin, self.s.qmax, K.POW2, out,
+                                                        *lay)
         if check is not None:
             check(int(bad))
         if flags & 1:
@@ -437,11 +444,14 @@ class _SchemeRunner(StageRunner):
         if flags & 2:
             self.s.scales_from_stats(np.array([np.float32(top)]), None, self.meta.name)
         self._amax = max(self._amax, float(top))
-        self._last = (block, out)
+        if self._gguf_blocks:
+            self._last = (block, out)
+        else:
+            self._last = (block, out[:n].view(np.int8), out[n:].view(np.float16).astype(np.float32), None)
         return nz, sse, mx, sig
 
-    #: the GGUF encoding's bytes come from ``apply_measured`` (set by ``encoding("gguf")``)
-    _fused = False
+    #: whether ``apply_measured`` lays its bytes out as a GGUF's blocks (set by ``encoding``)
+    _gguf_blocks = False
 
     @property
     def measures(self) -> bool:
@@ -451,8 +461,7 @@ class _SchemeRunner(StageRunner):
         if not self.real:
             return None
         if form == "gguf" and self.s.ggml:
-            # (Q8_0 blocks in one kernel when every block is whole units of rows of whole units)
-            self._fused = self.s.name == "q8_0" and self.local and self.L % self.g == 0 and self.g == 32
+            self._gguf_blocks = True
             return _GGMLEncoding(self)
         return _QuantEncoding(self)
 

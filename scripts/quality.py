@@ -84,6 +84,8 @@ def main(argv=None) -> int:
                    help="also rows of --target-bpw B (default candidates), for each observer and --objectives")
     p.add_argument("--objectives", nargs="+", default=["relative"], choices=["relative", "sse"])
     p.add_argument("--candidates", nargs="+", default=None, help="--target-bpw's candidates (default: its own)")
+    p.add_argument("--scale-dtype", default="float32", choices=["float32", "float16"],
+                   help="--scale-dtype of every run (of --target-bpw's candidates too)")
     a = p.parse_args(argv)
     model = minilm_dir()
     texts = sentences()
@@ -101,7 +103,8 @@ def main(argv=None) -> int:
                 tag = f"{scheme}-{obs}".replace(":", "_")
                 out, dense, rep = Path(tmp) / f"{tag}.zarr", Path(tmp) / f"{tag}-dense", Path(tmp) / f"{tag}.json"
                 t0 = time.perf_counter()
-                sc("compress", str(model), str(out), "--quantize", scheme, "--observer", obs, "--ignore",
+                sc("compress", str(model), str(out), "--quantize", scheme, "--observer", obs,
+                   "--scale-dtype", a.scale_dtype, "--ignore",
                    "*embeddings*", "--skip-1d", "-q", "--report", str(rep))
                 took = time.perf_counter() - t0
                 mse = json.loads(rep.read_text())["stages"][0]["mse"]
@@ -117,7 +120,8 @@ def main(argv=None) -> int:
                     t0 = time.perf_counter()
                     cands = ["--candidates", *a.candidates] if a.candidates else []
                     sc("compress", str(model), str(out), "--target-bpw", str(bpw), "--bpw-objective", obj, *cands,
-                       "--observer", obs, "--ignore", "*embeddings*", "--skip-1d", "-q", "--report", str(rep))
+                       "--observer", obs, "--scale-dtype", a.scale_dtype, "--ignore", "*embeddings*", "--skip-1d",
+                       "-q", "--report", str(rep))
                     took = time.perf_counter() - t0
                     r = json.loads(rep.read_text())
                     mse = r["stages"][0]["mse"]
@@ -125,6 +129,7 @@ def main(argv=None) -> int:
                     sc("export", str(out), str(dense), "-q")
                     cos = np.sum(embed(dense, texts) * ref, axis=1)
                     which = " ".join(a.candidates) if a.candidates else "default candidates"
+                    which += ", float16 scales" if a.scale_dtype == "float16" else ""
                     print(f"| `--target-bpw {bpw:g}` ({obj}, {which}; {got:.3f} bits/w) | {obs} | {cos.mean():.4f} | "
                           f"{cos.min():.4f} | {mse:.4g} | {took:.1f} |", flush=True)
     return 0

@@ -137,3 +137,33 @@ def test_an_observer_measures_and_applies_the_candidates_it_fits_and_leaves_the_
             r["candidates"][r["scheme"]]["sse"], rel=1e-12)
     with pytest.raises(sc.ConfigError, match="hqq observer does not apply"):
         plan_bit_budget(tensors, cfg, 6.0, candidates=("int4:group:32", "int8:channel"), observer="hqq")
+
+
+def test_scale_dtype_reaches_the_candidates_and_the_run_stores_what_was_measured(tmp_path, rng, capsys):
+    """``--target-bpw --scale-dtype float16``: each candidate is measured and counted
+    with float16 scales, and the run stores float16 scales in exactly the planned bits."""
+    import zarr
+
+    from test_streaming import write_store
+
+    src = write_store(tmp_path / "in.zarr", list(_model(rng).items()))
+    out, rep = tmp_path / "o.zarr", tmp_path / "r.json"
+    args = ["--target-bpw", "5.0", "--candidates", "int4_asym:group:32", "int8:channel", "--skip-1d"]
+    assert main(["compress", str(src), str(out), *args, "--scale-dtype", "float16", "-q", "--codec", "none",
+                 "--report", str(rep)]) == 0
+    plan = json.loads(rep.read_text())["bit_budget"]
+    assert plan["scale_dtypes"] == ["float16", "float16"]
+    g, shapes = zarr.open_group(str(out), mode="r"), zarr.open_group(str(src), mode="r")
+    stored = 0
+    for t in plan["tensors"]:
+        assert g[t["name"] + "_scale"].dtype == np.float16, t
+        stored += sum(8 * g[t["name"] + s].nbytes for s in ("", "_scale", "_zero_point") if t["name"] + s in g)
+        meta = TensorMeta(t["name"], shapes[t["name"]].shape)
+        assert t["bits"] == 8 * Quantize(parse_scheme(t["scheme"], "float16")).encoded_bytes(meta)
+    assert stored == plan["bits_per_weight"] * sum(t["params"] for t in plan["tensors"])
+    capsys.readouterr()  # (float32 scales: int4_asym:group:32 alone is 5.25 bits per weight)
+    assert main(["estimate", str(src), *args]) == 1
+    one_line_error(capsys, "the bit budget cannot be met")
+    with pytest.raises(sc.ConfigError, match="must differ"):
+        plan_bit_budget(_model(rng), sc.CompressionConfig(()), 6.0, candidates=(
+            parse_scheme("int8:channel"), parse_scheme("int8:channel", "float16")))

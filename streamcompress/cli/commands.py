@@ -119,11 +119,13 @@ def _json_default(o: Any) -> Any:
 def _bit_plan(args: argparse.Namespace, cfg, opts):
     """The plan of ``--target-bpw`` (its measuring pass over the input)."""
     from ..engine.budget import plan_bit_budget
+    from ..stages.schemes import parse_scheme
 
     if cfg.stages:
         raise ConfigError("--target-bpw chooses each tensor's quantization: give it without --quantize, "
                           "--prune, --clip or a --config pipeline")
-    return plan_bit_budget(args.input, cfg, args.target_bpw, tuple(args.candidates), args.observer,
+    candidates = tuple(parse_scheme(c, args.scale_dtype) for c in args.candidates)  # (--scale-dtype: theirs)
+    return plan_bit_budget(args.input, cfg, args.target_bpw, candidates, args.observer,
                            dataclasses.replace(opts, progress=False), args.bpw_objective)
 
 

@@ -57,7 +57,8 @@ def _add_stage_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--simulate", action="store_true",
                    help="write dequantized float32 instead of codes (int8 per tensor: the seed's QuantizeInt8)")
     g.add_argument("--scale-dtype", choices=["float32", "float16"], default="float32",
-                   help="dtype of stored scales (default float32; q8_0 is always float16)")
+                   help="dtype of stored scales, of --quantize and of --target-bpw's candidates (default "
+                        "float32; the ggml kinds keep float16)")
     g.add_argument("--observer", choices=["minmax", "mse", "hqq"], default="minmax",
                    help="how --quantize picks each channel's or group's range: minmax (default, the range "
                         "itself), mse (the clipped range of least squared error; int8/int4 per channel or "

@@ -13,7 +13,7 @@ from ..errors import ConfigError, EmptyModel
 from ..formats.memory import NullSink
 from ..stages import Quantize
 from ..stages.probe import DEFAULT_CANDIDATES, SchemeProbe, plan_bits
-from ..stages.schemes import QuantScheme, parse_scheme
+from ..stages.schemes import QuantScheme
 from .compress import _compress
 from .local import LocalExecutor
 from .options import EngineOptions
@@ -52,13 +52,16 @@ class BitPlan:
         return self.bits / self.params if self.params else 0.0
 
     def quantize_stage(self) -> Quantize:
-        """The quantize stage that applies the plan (one exact-name override per tensor)."""
-        ov = tuple((f"re:^{re.escape(r['name'])}$", parse_scheme(r["scheme"])) for r in self.rows)
+        """The quantize stage that applies the plan (one exact-name override per tensor),
+        each with its candidate as measured (its scale dtype too)."""
+        by_spec = {c.spec(): c for c in self.candidates}
+        ov = tuple((f"re:^{re.escape(r['name'])}$", by_spec[r["scheme"]]) for r in self.rows)
         return Quantize(self.candidates[0], overrides=ov, observer=self.observer)
 
     def to_dict(self) -> dict[str, Any]:
         return {"target_bpw": self.target_bpw, "bits_per_weight": self.bits_per_weight(), "exact": self.exact,
-                "candidates": [c.spec() for c in self.candidates], "observer": self.observer,
+                "candidates": [c.spec() for c in self.candidates],
+                "scale_dtypes": [c.scale_dtype for c in self.candidates], "observer": self.observer,
                 "objective": self.objective, "sum_sq_err": self.sse, "tensors": self.rows}
 
     def table(self) -> str:

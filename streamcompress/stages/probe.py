@@ -37,6 +37,9 @@ class SchemeProbe(Stage):
         object.__setattr__(self, "candidates", tuple(parse_scheme(c) for c in self.candidates))
         if not self.candidates:
             raise ConfigError("a bit budget needs at least one candidate scheme")
+        specs = [c.spec() for c in self.candidates]
+        if len(set(specs)) < len(specs):
+            raise ConfigError(f"a bit budget's candidates must differ in scheme: {' '.join(specs)}")
         if self.observer not in OBSERVERS:
             raise ConfigError(f"unknown observer '{self.observer}' (choose from {', '.join(OBSERVERS)})")
         for c in self.candidates:

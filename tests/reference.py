@@ -380,3 +380,57 @@ def ref_hqq_ggml(x, bits):
         ds.append(d)
         ms.append(m)
     return codes, np.array(ds, np.float32), np.array(ms, np.float32), deq
+
+
+def _ggml_store(u, p, bits, with_min):
+    """``(codes, d16, min16, values)`` of one unit as ggml's kind stores it with its
+    range times ``p`` (ggml's rule: float32 ``1 / d`` for the codes, float16 ``d``
+    and min for the values; codes clamped to ``0..top``)."""
+    half = 1 << (bits - 1)
+    top = np.float32(2 * half - 1)
+    u = np.asarray(u, np.float32)
+    f32 = np.float32
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        if with_min:
+            lo = f32(u.min() * f32(p))
+            d = f32(f32(f32(u.max() * f32(p)) - lo) / top)
+            iv = f32(1) / d if d != 0 else f32(0)
+            t = ((u - lo).astype(np.float32) * iv).astype(np.float32) + f32(0.5)
+        else:
+            m = u[np.argmax(np.abs(u))]
+            lo = f32(0)
+            d = f32(f32(m * f32(p)) / f32(-half))
+            iv = f32(1) / d if d != 0 else f32(0)
+            t = (u * iv).astype(np.float32) + f32(half + 0.5)
+        q = np.where(np.isfinite(t), np.clip(np.trunc(t), 0, top), 0).astype(np.uint8)
+    d16, m16 = _f16(d), _f16(lo)
+    if with_min:
+        vals = ((q.astype(np.float32) * d16).astype(np.float32) + m16).astype(np.float32)
+    else:
+        vals = ((q.astype(np.float32) - f32(half)) * d16).astype(np.float32)
+    return q, d16, m16, vals
+
+
+def ref_mse_ggml(x, bits, with_min, steps=80):
+    """``(codes, d, min, dequantized)`` of q4_0 / q5_0 / q4_1 / q5_1 with the MSE
+    observer: per unit of 32 along rows, the first ``p = 1 - i / 100`` of least
+    squared error (float64, element order) as stored."""
+    x = np.asarray(x, np.float32)
+    L = x.shape[-1]
+    codes = np.zeros(x.shape, np.uint8).reshape(-1, L)
+    deq = np.zeros(x.shape, np.float32).reshape(-1, L)
+    ds, ms = [], []
+    for at, u in ref_units(x, "group", 32):
+        best, pick = math.inf, None
+        for i in range(steps):
+            got = _ggml_store(u, np.float32(1.0 - i / 100.0), bits, with_min)
+            dd = got[3].astype(np.float64) - u.astype(np.float64)
+            e = 0.0
+            for v in dd:
+                e += v * v
+            if e < best:
+                best, pick = e, got
+        codes[at], ds_, ms_, deq[at] = pick[0], pick[1], pick[2], pick[3]
+        ds.append(ds_)
+        ms.append(ms_)
+    return codes.reshape(x.shape), np.array(ds, np.float32), np.array(ms, np.float32), deq.reshape(x.shape)

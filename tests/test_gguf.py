@@ -626,21 +626,23 @@ def test_a_split_gguf_export_is_named_and_keyed_as_gguf_split_and_reads_back(tmp
     assert main(["info", str(files[0])]) == 1  # a part missing: refused
 
 
-@pytest.mark.parametrize("scheme", ["q4_1", "q5_1"])
-def test_hqq_blocks_in_a_gguf_are_what_gguf_py_dequantizes(tmp_path, rng, scheme, capsys):
-    """``--observer hqq`` changes a _1 block's min (no longer llama.cpp's bytes), and
-    gguf-py reads the file back to exactly the values the run measured."""
+@pytest.mark.parametrize("scheme, observer", [("q4_1", "hqq"), ("q5_1", "hqq"), ("q4_0", "mse"), ("q5_1", "mse")])
+def test_observed_blocks_in_a_gguf_are_what_gguf_py_dequantizes(tmp_path, rng, scheme, observer, capsys):
+    """``--observer hqq`` (a _1 block's min) or ``mse`` (its range) changes the blocks
+    (no longer llama.cpp's bytes), and gguf-py reads the file back to exactly the
+    values the run measured, closer to the input than llama.cpp's own blocks."""
     x = _blocks_of_every_kind(rng)
     src = _f32_gguf(tmp_path / "in.gguf", {"w": x})
     out = tmp_path / "o.gguf"
-    assert main(["compress", str(src), str(out), "--quantize", scheme, "--observer", "hqq", "-q"]) == 0
+    assert main(["compress", str(src), str(out), "--quantize", scheme, "--observer", observer, "-q"]) == 0
     (t,) = GGUFReader(str(out)).tensors
     got = Q.dequantize(np.asarray(t.data), t.tensor_type).reshape(x.shape)
-    sim = sc.compress_model({"w": x}, sc.CompressionConfig((Quantize(scheme, True, observer="hqq"),)))
+    sim = sc.compress_model({"w": x}, sc.CompressionConfig((Quantize(scheme, True, observer=observer),)))
     assert np.array_equal(got, sim.compressed_tensors[0].data)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         ref = Q.quantize(x, getattr(T, scheme.upper()))
     assert not np.array_equal(np.asarray(t.data).reshape(-1), ref.reshape(-1))
     minmax = Q.dequantize(ref, getattr(T, scheme.upper())).reshape(x.shape)
-    assert np.abs(got - x).sum() < np.abs(minmax - x).sum()
+    err = np.abs if observer == "hqq" else np.square  # (what each observer lowers)
+    assert err(got - x).sum() < err(minmax - x).sum()

@@ -6,7 +6,7 @@ import zarr
 
 import streamcompress as sc
 from conftest import heavy_tailed
-from reference import ref_hqq_ggml, ref_prune, ref_quantize_scheme, ref_units, round_half_away
+from reference import ref_hqq_ggml, ref_mse_ggml, ref_prune, ref_quantize_scheme, ref_units, round_half_away
 from streamcompress.engine import restore, verify
 from streamcompress.kernels import pack_nibbles, unpack_nibbles
 from streamcompress.stages import Quantize, parse_scheme
@@ -314,7 +314,7 @@ def test_mse_observer_never_does_worse_than_minmax_and_helps_heavy_tails(rng, na
 
 
 def test_observer_is_refused_where_it_has_no_meaning_and_kept_in_the_pipeline_file():
-    for bad in ("int8", "fp8", "q4_0", "int8:tensor"):
+    for bad in ("int8", "fp8", "q8_0", "int8:tensor"):
         with pytest.raises(sc.ConfigError, match="observer"):
             Quantize(parse_scheme(bad), observer="mse")
     for bad in ("int4_asym:group:32", "int4:group:32", "q4_0", "q8_0", "int8_asym:channel"):
@@ -370,3 +370,34 @@ def test_hqq_observer_lowers_the_error_of_heavy_tails(rng, scheme):
         assert r.stage_stats[0].sum_sq_err == pytest.approx(err[obs][2], rel=1e-9)
     # (seeds 0-2 and this one: lp 0.967-0.974 of minmax's, |e| 0.947-0.959, squared 0.88-0.92)
     assert (err["hqq"] < np.array([0.98, 0.97, 0.95]) * err["minmax"]).all()
+
+
+@pytest.mark.parametrize("scheme, nbits, with_min", [("q4_0", 4, False), ("q5_0", 5, False), ("q4_1", 4, True),
+                                                     ("q5_1", 5, True)])
+@pytest.mark.parametrize("shape", [(24, 64), (5, 70), (37,)])
+def test_mse_observer_on_ggml_kinds_matches_its_reference_and_never_loses_to_minmax(rng, scheme, nbits, with_min,
+                                                                                    shape):
+    """``--observer mse`` for ggml's q4_0 / q5_0 / q4_1 / q5_1: the stored codes, d and
+    min of a naive numpy grid search (each candidate judged as stored), chunked or
+    whole; no unit worse than ggml's own minmax block (a candidate of the grid)."""
+    x = heavy_tailed(rng, shape)
+    x.reshape(-1)[5:40] = 0.25
+    codes, d, m, deq = ref_mse_ggml(x, nbits, with_min)
+    sch = parse_scheme(scheme)
+    for block in (None, 64, 96):
+        a = sc.compress_model({"w": x}, sc.CompressionConfig((Quantize(sch, observer="mse"),)),
+                              options=sc.EngineOptions(block_elems=block)).arrays
+        got = unpacked_codes(a, "w", sch, shape)
+        assert (got == (codes if with_min else codes.astype(np.int64) - (1 << (nbits - 1)))).all(), block
+        assert (bits(a["w_scale"].astype(np.float32).reshape(-1)) == bits(d)).all(), block
+        if with_min:
+            assert (bits(a["w_min"].astype(np.float32).reshape(-1)) == bits(m)).all(), block
+    sim = {o: sc.compress_model({"w": x}, sc.CompressionConfig((Quantize(sch, True, observer=o),)))
+           for o in ("minmax", "mse")}
+    assert (bits(sim["mse"].compressed_tensors[0].data.reshape(shape)) == bits(deq)).all()
+    per = {o: np.array([np.sum((r.compressed_tensors[0].data.reshape(x.shape).reshape(-1, x.shape[-1])[at]
+                                .astype(np.float64) - u) ** 2) for at, u in ref_units(x, "group", 32)])
+           for o, r in sim.items()}
+    assert (per["mse"] <= per["minmax"]).all()
+    if x.size > 1000:  # (heavy tails: 3-6% less over the units)
+        assert per["mse"].sum() < 0.99 * per["minmax"].sum()

@@ -62,8 +62,8 @@ def _add_stage_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--observer", choices=["minmax", "mse", "hqq"], default="minmax",
                    help="how --quantize picks each channel's or group's range: minmax (default, the range "
                         "itself), mse (the clipped range of least squared error; int8/int4 per channel or "
-                        "group) or hqq (HQQ's optimized min; q4_1, q5_1). Schemes it does not apply to keep "
-                        "minmax")
+                        "group, q4_0, q4_1, q5_0, q5_1) or hqq (HQQ's optimized min; q4_1, q5_1). Schemes it "
+                        "does not apply to keep minmax")
     g.add_argument("--target-bpw", metavar="B", type=_fraction, default=None,
                    help="mixed precision: choose a scheme per selected tensor (from --candidates) for the least "
                         "total squared error at no more than B stored bits per weight (one measuring pass, "

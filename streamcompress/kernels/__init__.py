@@ -28,6 +28,7 @@ _WHERE = {
     "tile_of_units": "quant",
     "quantize_units_ggml": "ggml",
     "unit_mse_shrink": "observe",
+    "unit_mse_shrink_ggml": "observe",
     "unit_hqq_min": "observe",
     "quantize_units_affine": "observe",
     "dequantize_units_affine": "ggml",

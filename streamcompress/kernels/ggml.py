@@ -39,14 +39,17 @@ def _code(t, top):
     converts to ``INT_MIN``, whose low byte is 0."""
     if not np.isfinite(t):
         return np.uint8(0)
-    return np.uint8(min(top, np.float32(np.trunc(t))))
+    return np.uint8(min(top, max(np.float32(0.0), np.float32(np.trunc(t)))))  # (t < 0 only in a shrunk range)
 
 
 @numba.njit(**PJIT)
-def quantize_units_ggml(x, start, L, g, half, with_min, d_out, m_out, codes):
+def quantize_units_ggml(x, start, L, g, half, with_min, d_out, m_out, codes, shrink):
     """Codes (uint8 ``q``) of the block in ``codes``, per-unit ``d`` (float32,
     before float16 rounding) in ``d_out`` and ``min`` in ``m_out`` (``_1``
     kinds; else 0), for the units the block touches (whole units only).
+    ``shrink`` (float32 per unit, or empty: 1) scales each unit's range first
+    (``--observer mse``): ``min`` and ``max``, or the largest-magnitude element,
+    times it (1 leaves ggml's rule exact); codes then clamp at 0 as at ``top``.
     ``x`` is left as it is."""
     G = (L + g - 1) // g
     u0 = _unit(start, L, g, G)
@@ -56,6 +59,7 @@ def quantize_units_ggml(x, start, L, g, half, with_min, d_out, m_out, codes):
         lo, hi = _unit_bounds(j, u0, start, x.size, L, g, G)
         xs = x[lo:hi]
         cs = codes[lo:hi]
+        p = shrink[j] if shrink.size else np.float32(1.0)
         if with_min:
             mn = np.float32(np.inf)
             mx = np.float32(-np.inf)
@@ -65,6 +69,8 @@ def quantize_units_ggml(x, start, L, g, half, with_min, d_out, m_out, codes):
                     mn = v
                 if v > mx:
                     mx = v
+            mn = np.float32(mn * p)
+            mx = np.float32(mx * p)
             d = np.float32(np.float32(mx - mn) / top)
             iv = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
             for i in range(xs.size):
@@ -79,6 +85,7 @@ def quantize_units_ggml(x, start, L, g, half, with_min, d_out, m_out, codes):
                 if amax < abs(v):
                     amax = abs(v)
                     m = v
+            m = np.float32(m * p)
             d = np.float32(m / np.float32(-half))
             iv = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
             off = np.float32(half + 0.5)

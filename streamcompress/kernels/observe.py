@@ -11,6 +11,12 @@ point as ``QuantScheme.scales_from_stats`` makes them from the clipped range
 (float32 scales), its codes as ``quantize_units`` rounds them, the error
 summed in float64 in element order.
 
+For ggml's Q4_0 / Q5_0 / Q4_1 / Q5_1 (``unit_mse_shrink_ggml``) the same grid
+scales the largest-magnitude element (``_0``) or the min and the max (``_1``)
+before ggml's rule makes ``d`` (and the min), and each candidate is judged as
+stored: codes from the float32 ``1 / d`` as ggml makes them (clamped at 0),
+values from the float16 ``d`` and min.
+
 ``hqq`` (Badri and Shaji's Half-Quadratic Quantization, with its published
 defaults: ``lp = 0.7``, ``beta = 10``, ``kappa = 1.01``, 20 iterations) for
 the ggml ``_1`` kinds, whose ``min`` is a float zero point: the scale ``d``
@@ -30,10 +36,13 @@ import numba
 import numpy as np
 from numba import prange
 
+import math
+
 from ._jit import JIT, PJIT
+from .ggml import _code, f16_round
 from .quant import _unit, _unit_bounds
 
-__all__ = ["unit_mse_shrink", "unit_hqq_min", "quantize_units_affine"]
+__all__ = ["unit_mse_shrink", "unit_mse_shrink_ggml", "unit_hqq_min", "quantize_units_affine"]
 
 
 @numba.njit(**JIT)
@@ -171,3 +180,75 @@ def quantize_units_affine(x, start, L, g, d, m, top, codes):
             else:
                 r = _round_half_away(np.float32(np.float32(xs[i] - mj) / dj))
                 cs[i] = np.uint8(min(max(r, np.float32(0.0)), hi_q))
+
+
+@numba.njit(**JIT)
+def _f16v(v, pow2):
+    """``v`` (float32) rounded to float16 as numpy rounds it, as float32 (any sign)."""
+    a = abs(v)
+    if a == 0 or not a < np.inf:
+        return v
+    _, e = math.frexp(a)
+    r = f16_round(np.float32(a), e - 1, pow2)[1]
+    return r if v > 0 else -r
+
+
+@numba.njit(**JIT)
+def _ggml_sq_error(xs, p, half, with_min, mn, mx, m, pow2):
+    """Squared error of one unit stored as ggml's kind with its range times ``p``."""
+    top = np.float32(2 * half - 1)
+    e = 0.0
+    if with_min:
+        lo = np.float32(mn * p)
+        d = np.float32(np.float32(np.float32(mx * p) - lo) / top)
+        iv = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
+        d16 = _f16v(d, pow2)
+        m16 = _f16v(lo, pow2)
+        for i in range(xs.size):
+            q = _code(np.float32(np.float32(np.float32(xs[i] - lo) * iv) + np.float32(0.5)), top)
+            r = np.float32(np.float32(np.float32(q) * d16) + m16)
+            dd = np.float64(r) - np.float64(xs[i])
+            e += dd * dd
+        return e
+    d = np.float32(np.float32(m * p) / np.float32(-half))
+    iv = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
+    d16 = _f16v(d, pow2)
+    off = np.float32(half + 0.5)
+    for i in range(xs.size):
+        q = _code(np.float32(np.float32(xs[i] * iv) + off), top)
+        r = np.float32(np.float32(np.float32(np.int64(q) - half)) * d16)
+        dd = np.float64(r) - np.float64(xs[i])
+        e += dd * dd
+    return e
+
+
+@numba.njit(**PJIT)
+def unit_mse_shrink_ggml(x, start, L, g, half, with_min, steps, pow2, out):
+    """``out[j]``: the shrink factor (float32) of unit ``j`` of the block (whole units
+    only) stored as ggml's ``_0`` (``with_min`` false) or ``_1`` kind (``half``: 8 for
+    4 bits, 16 for 5): the first of least squared error (see the module docstring)."""
+    G = (L + g - 1) // g
+    u0 = _unit(start, L, g, G)
+    for j in prange(out.size):
+        lo, hi = _unit_bounds(j, u0, start, x.size, L, g, G)
+        xs = x[lo:hi]
+        mn = np.float32(np.inf)
+        mx = np.float32(-np.inf)
+        amax = np.float32(0.0)
+        m = np.float32(0.0)
+        for i in range(xs.size):
+            v = xs[i]
+            mn = min(mn, v)
+            mx = max(mx, v)
+            if amax < abs(v):
+                amax = abs(v)
+                m = v
+        best = np.inf
+        bp = np.float32(1.0)
+        for i in range(steps):
+            p = np.float32(1.0 - i / 100.0)
+            e = _ggml_sq_error(xs, p, half, with_min, mn, mx, m, pow2)
+            if e < best:
+                best = e
+                bp = p
+        out[j] = bp

@@ -244,7 +244,8 @@ def _e4m3() -> np.ndarray:
 #: the observers (``kernels.observe``): how a unit's range is chosen before its scale
 OBSERVERS = ("minmax", "mse", "hqq")
 #: what each observer other than minmax is for (``observer_applies``), as error messages say it
-OBSERVER_SCHEMES = {"mse": "the int8/int4 schemes per channel or group (e.g. int4:group:32)",
+OBSERVER_SCHEMES = {"mse": "the int8/int4 schemes per channel or group (e.g. int4:group:32) and ggml's q4_0, "
+                           "q4_1, q5_0 and q5_1",
                     "hqq": "the ggml kinds with a min, q4_1 and q5_1 (HQQ moves a float zero point; "
                            "int4_asym's integer one rounds it back to minmax's)"}
 #: HQQ's published defaults (lp norm, beta, kappa, iterations)
@@ -259,7 +260,7 @@ def observer_applies(observer: str, scheme: QuantScheme, shape: tuple[int, ...] 
     scale for the whole tensor keeps minmax); ``minmax`` always does."""
     gran = scheme.granularity if shape is None else scheme.effective_granularity(shape)
     if observer == "mse":
-        return not (scheme.is_float or scheme.ggml) and gran in _OBSERVED
+        return not scheme.is_float and scheme.name != "q8_0" and gran in _OBSERVED
     if observer == "hqq":
         return scheme.has_min and gran is QuantGranularity.GROUP
     return True
@@ -389,7 +390,10 @@ class _SchemeRunner(StageRunner):
         self._amax = max(self._amax, float(K.absmax(x)))
         q = np.empty(x.size, np.uint8)
         d, mn = np.empty(k, np.float32), np.empty(k, np.float32)
-        K.quantize_units_ggml(x, start, self.L, self.g, half, s.has_min, d, mn, q)
+        p = np.empty(k if self.observer == "mse" else 0, np.float32)
+        if p.size:
+            K.unit_mse_shrink_ggml(x, start, self.L, self.g, half, s.has_min, MSE_STEPS, K.POW2, p)
+        K.quantize_units_ggml(x, start, self.L, self.g, half, s.has_min, d, mn, q, p)
         with np.errstate(over="ignore"):
             used = d.astype(np.float16).astype(np.float32)
             mins = mn.astype(np.float16).astype(np.float32)

@@ -11,6 +11,13 @@ relative to minmax's scale (absmax / 7), for three ways of choosing the scale:
   (``s = <x, q> / <q, q>`` for its codes ``q``, codes taken again);
 - ``grid then LS``: the grid's best, then 10 least-squares refinements.
 
+Then, for asymmetric int4 per group (codes 0..15, minmax's scale and zero point
+as ``int4_asym`` makes them), the weight error of HQQ's zero point (its published
+iteration: lp norm 0.7, beta 10, kappa 1.01, 20 steps, each group stopping on
+its own) kept as a float, rounded to an integer at the end (what ``int4_asym``
+can store), or rounded at every step: why ``--observer hqq`` is for the ggml
+kinds with a float min (q4_1, q5_1) and not for ``int4_asym``.
+
 In float64 numpy, whole groups at once (no streaming: a bound, not the tool).
 
     python scripts/observer_limit.py
@@ -68,6 +75,40 @@ def errors(u: np.ndarray) -> dict[str, float]:
             "grid then LS": float(_err(u, s).sum()) / base}
 
 
+def _asym_err(u, s, z):
+    q = np.clip(np.round(u / s + z), 0, 15)
+    return float((((q - z) * s - u) ** 2).sum())
+
+
+def _hqq_zero(u, s, z, round_each, lp=0.7, beta=10.0, kappa=1.01, iters=20):
+    z = z.copy()
+    best, zbest = np.full(z.shape, np.inf), z.copy()
+    live = np.ones(z.shape, bool)
+    for _ in range(iters):
+        zz = np.round(z) if round_each else z
+        q = np.clip(np.round(u / s + zz), 0, 15)
+        e = u - (q - zz) * s
+        cur = np.abs(e).mean(axis=1, keepdims=True)
+        live &= cur < best
+        best, zbest = np.where(live, cur, best), np.where(live, z, zbest)
+        a = np.abs(e)
+        we = np.sign(e) * np.maximum(a - np.power(a + 1e-30, lp - 1) / beta, 0)
+        z = np.where(live, np.mean(q - (u - we) / s, axis=1, keepdims=True), z)
+        beta *= kappa
+    return zbest
+
+
+def hqq_zero_points(u: np.ndarray) -> dict[str, float]:
+    lo, hi = np.minimum(u.min(axis=1, keepdims=True), 0), np.maximum(u.max(axis=1, keepdims=True), 0)
+    s = np.where(hi > lo, (hi - lo) / 15, 1.0)
+    z = np.round(-lo / s)
+    base = _asym_err(u, s, z)
+    zf = _hqq_zero(u, s, z, False)
+    return {"float": _asym_err(u, s, zf) / base,
+            "rounded at the end": _asym_err(u, s, np.clip(np.round(zf), 0, 15)) / base,
+            "rounded every step": _asym_err(u, s, np.clip(np.round(_hqq_zero(u, s, z, True)), 0, 15)) / base}
+
+
 def main() -> int:
     import quality
     from safetensors.numpy import load_file
@@ -82,6 +123,12 @@ def main() -> int:
     for g in (32, 128):
         e = errors(np.concatenate([m.reshape(-1, g) for m in mats]))
         print(f"| {g} | {e['grid']:.4f} | {e['grid + refine']:.4f} | {e['grid then LS']:.4f} |", flush=True)
+    print("\n| int4_asym group | HQQ zero point, float | rounded at the end | rounded every step |")
+    print("|---|---|---|---|")
+    for g in (32, 128):
+        e = hqq_zero_points(np.concatenate([m.reshape(-1, g) for m in mats]))
+        print(f"| {g} | {e['float']:.4f} | {e['rounded at the end']:.4f} | {e['rounded every step']:.4f} |",
+              flush=True)
     return 0
 
 

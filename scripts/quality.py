@@ -115,6 +115,10 @@ def main(argv=None) -> int:
         for bpw in a.target_bpw:
             for obj in a.objectives:
                 for obs in a.observers:
+                    from streamcompress.stages.probe import DEFAULT_CANDIDATES
+
+                    if obs != "minmax" and not any(observed(c, obs) for c in a.candidates or DEFAULT_CANDIDATES):
+                        continue
                     tag = f"bpw{bpw}-{obj}-{obs}"
                     out, dense, rep = Path(tmp) / f"{tag}.zarr", Path(tmp) / f"{tag}-dense", Path(tmp) / f"{tag}.json"
                     t0 = time.perf_counter()

@@ -140,9 +140,7 @@ def _claimed(run: Run, tensors: Any, output: str | os.PathLike, in_paths: list, 
                 sink.set_run_record(record)
             return _compress(run, tensors, sink, executor, sink.resumed, out)
         finally:
-            close = getattr(sink, "close", None)
-            if close is not None:
-                close()
+            sink.close()
 
 
 def _compress_to_file(tensors: Any, config: CompressionConfig, fmt: str, output: Path, overwrite: bool,

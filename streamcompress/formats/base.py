@@ -205,6 +205,10 @@ class Sink(Protocol):
 
     def finish(self, attrs: dict[str, Any]) -> None: ...
 
+    def close(self) -> None:
+        """Release what the sink holds (open files), whether or not the run finished."""
+        ...
+
 
 #: a tensor's bytes, block after block (called once per write)
 Stream = Callable[[], Iterable[bytes]]

@@ -76,6 +76,9 @@ class MemorySink:
     def finish(self, attrs: dict[str, Any]) -> None:
         self.group_attrs = attrs
 
+    def close(self) -> None:
+        pass
+
 
 class NullSink(MemorySink):
     """Keeps nothing but the run's records: for a pass that only measures (the

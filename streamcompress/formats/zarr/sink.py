@@ -146,3 +146,6 @@ class ZarrSink:
         self.group.attrs.update(attrs)
         for f in (self.path / "zarr.json", self.path):
             fsync(f)
+
+    def close(self) -> None:
+        """Nothing is held open between writes (each chunk file is closed after it)."""

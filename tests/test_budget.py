@@ -167,3 +167,25 @@ def test_scale_dtype_reaches_the_candidates_and_the_run_stores_what_was_measured
     with pytest.raises(sc.ConfigError, match="must differ"):
         plan_bit_budget(_model(rng), sc.CompressionConfig(()), 6.0, candidates=(
             parse_scheme("int8:channel"), parse_scheme("int8:channel", "float16")))
+
+
+def test_a_budget_into_a_gguf_counts_the_gguf_blocks_bits(tmp_path, rng, capsys):
+    """Into OUT.gguf the plan counts ggml's blocks (q5_1: 6 bits per weight; in a
+    store its int8 codes make it 9), and the file's tensors hold exactly the planned bits."""
+    from gguf import GGUFReader
+
+    from test_streaming import write_store
+
+    src = write_store(tmp_path / "in.zarr", list(_model(rng).items()))
+    out, rep = tmp_path / "o.gguf", tmp_path / "r.json"
+    args = ["--target-bpw", "5.5", "--candidates", "q4_1", "q5_1", "--skip-1d", "-q"]
+    assert main(["compress", str(src), str(out), *args, "--report", str(rep)]) == 0
+    plan = json.loads(rep.read_text())["bit_budget"]
+    assert plan["form"] == "gguf" and {t["scheme"] for t in plan["tensors"]} == {"q4_1", "q5_1"}
+    for t in plan["tensors"]:
+        assert t["bits"] == t["params"] * (5 if t["scheme"] == "q4_1" else 6)
+    got = {t.name: 8 * int(t.n_bytes) for t in GGUFReader(str(out)).tensors}
+    assert sum(got[t["name"]] for t in plan["tensors"]) == sum(t["bits"] for t in plan["tensors"])
+    capsys.readouterr()
+    assert main(["estimate", str(src), *args[:-1], "--json"]) == 0  # (a store: q5_1 is 9 bits per weight)
+    assert {t["scheme"] for t in json.loads(capsys.readouterr().out)["tensors"]} == {"q4_1"}

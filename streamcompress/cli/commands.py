@@ -119,14 +119,17 @@ def _json_default(o: Any) -> Any:
 def _bit_plan(args: argparse.Namespace, cfg, opts):
     """The plan of ``--target-bpw`` (its measuring pass over the input)."""
     from ..engine.budget import plan_bit_budget
+    from ..formats import format_of_suffix
     from ..stages.schemes import parse_scheme
 
     if cfg.stages:
         raise ConfigError("--target-bpw chooses each tensor's quantization: give it without --quantize, "
                           "--prune, --clip or a --config pipeline")
     candidates = tuple(parse_scheme(c, args.scale_dtype) for c in args.candidates)  # (--scale-dtype: theirs)
+    out = getattr(args, "output", None)  # (the bits counted are the output's: a GGUF's blocks for OUT.gguf)
+    form = "gguf" if out is not None and format_of_suffix(out) == "gguf" else "zarr"
     return plan_bit_budget(args.input, cfg, args.target_bpw, candidates, args.observer,
-                           dataclasses.replace(opts, progress=False), args.bpw_objective)
+                           dataclasses.replace(opts, progress=False), args.bpw_objective, form)
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:

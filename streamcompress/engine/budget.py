@@ -35,6 +35,8 @@ class BitPlan:
     rows: list[dict[str, Any]] = field(default_factory=list)
     exact: bool = True
     objective: str = "relative"
+    #: the output whose stored bits were counted: ``zarr`` or ``gguf``
+    form: str = "zarr"
 
     @property
     def params(self) -> int:
@@ -62,7 +64,7 @@ class BitPlan:
         return {"target_bpw": self.target_bpw, "bits_per_weight": self.bits_per_weight(), "exact": self.exact,
                 "candidates": [c.spec() for c in self.candidates],
                 "scale_dtypes": [c.scale_dtype for c in self.candidates], "observer": self.observer,
-                "objective": self.objective, "sum_sq_err": self.sse, "tensors": self.rows}
+                "objective": self.objective, "form": self.form, "sum_sq_err": self.sse, "tensors": self.rows}
 
     def table(self) -> str:
         width = max([len(r["name"]) for r in self.rows] + [6])
@@ -78,7 +80,8 @@ class BitPlan:
 
 def plan_bit_budget(tensors: Any, config: CompressionConfig, target_bpw: float,
                     candidates: tuple[str | QuantScheme, ...] = DEFAULT_CANDIDATES, observer: str = "minmax",
-                    options: EngineOptions | None = None, objective: str = "relative") -> BitPlan:
+                    options: EngineOptions | None = None, objective: str = "relative",
+                    form: str = "zarr") -> BitPlan:
     """Measure each candidate on each tensor ``config`` selects (one streaming pass,
     nothing written), then choose a candidate per tensor minimizing the total
     squared error with at most ``target_bpw`` stored bits per weight over those
@@ -89,13 +92,14 @@ def plan_bit_budget(tensors: Any, config: CompressionConfig, target_bpw: float,
     1 / its sum of squares, so the sum is of each tensor's noise-to-signal
     ratio: a layer's output noise follows its weights' relative error, whatever
     their scale; ``sse`` is the plain total squared error (large-valued
-    tensors then count for more)."""
+    tensors then count for more). ``form``: the output whose stored bits are
+    counted, a store (``zarr``) or a GGUF (``gguf``: the ggml kinds as blocks)."""
     options = options or EngineOptions()
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown bit-budget objective '{objective}' (choose from {', '.join(OBJECTIVES)})")
     if not (isinstance(target_bpw, (int, float)) and math.isfinite(target_bpw) and target_bpw > 0):
         raise ConfigError(f"--target-bpw must be a positive number of bits per weight, got {target_bpw!r}")
-    probe = SchemeProbe(tuple(candidates), observer)
+    probe = SchemeProbe(tuple(candidates), observer, form)
     sources = load_sources(tensors, options.missing_chunks)
     if not sources:
         raise EmptyModel()
@@ -116,7 +120,7 @@ def plan_bit_budget(tensors: Any, config: CompressionConfig, target_bpw: float,
         cost.append([e * w for e in st["probe_sse"]])
     params = sum(s.meta.size for s, _ in picked)
     picks, exact = plan_bits(cost, bits, math.floor(target_bpw * params))
-    plan = BitPlan(float(target_bpw), probe.candidates, observer, exact=exact, objective=objective)
+    plan = BitPlan(float(target_bpw), probe.candidates, observer, exact=exact, objective=objective, form=form)
     for (src, _), k, e, b in zip(picked, picks, sse, bits):
         plan.rows.append({"name": src.meta.name, "params": src.meta.size, "scheme": probe.candidates[k].spec(),
                           "bits": int(b[k]), "sse": float(e[k]),

@@ -13,7 +13,7 @@ from ..layout import Block
 from .base import ArraySpec, Encoding, StageRunner
 from .schemes import QuantGranularity
 
-__all__ = ["QuantEncoding", "GGMLEncoding"]
+__all__ = ["QuantEncoding", "GGMLEncoding", "BLOCK_BYTES"]
 
 
 class QuantEncoding(Encoding):
@@ -99,7 +99,7 @@ class QuantEncoding(Encoding):
 
 
 #: bytes of one block of 32 of each ggml scheme
-_BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24}
+BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24}
 
 
 class GGMLEncoding(Encoding):
@@ -112,7 +112,7 @@ class GGMLEncoding(Encoding):
         self.r = runner
         self.s = runner.s
         self.kind = runner.s.name
-        self.block_bytes = _BLOCK_BYTES[self.kind]
+        self.block_bytes = BLOCK_BYTES[self.kind]
         self.nbytes = runner.meta.size // 32 * self.block_bytes
 
     def specs(self, out_chunks: tuple[int, ...]) -> list[ArraySpec]:

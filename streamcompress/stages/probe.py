@@ -31,6 +31,8 @@ class SchemeProbe(Stage):
 
     candidates: tuple[QuantScheme, ...] = ()
     observer: str = "minmax"
+    #: the output's stored form, whose bits are counted: ``zarr`` (a store) or ``gguf``
+    form: str = "zarr"
     name: ClassVar[str] = "probe"
 
     def __post_init__(self) -> None:
@@ -42,6 +44,8 @@ class SchemeProbe(Stage):
             raise ConfigError(f"a bit budget's candidates must differ in scheme: {' '.join(specs)}")
         if self.observer not in OBSERVERS:
             raise ConfigError(f"unknown observer '{self.observer}' (choose from {', '.join(OBSERVERS)})")
+        if self.form not in ("zarr", "gguf"):
+            raise ConfigError(f"a bit budget counts the bits of a store (zarr) or of a GGUF, not '{self.form}'")
         for c in self.candidates:
             if c.granularity not in _OBSERVED:  # (their scales come from each block alone: one pass)
                 raise ConfigError(f"a bit budget's candidates are per-channel or per-group schemes (e.g. "
@@ -75,8 +79,9 @@ class SchemeProbe(Stage):
         return max(self._unit(c, meta) for c in self.candidates)
 
     def bits(self, meta: TensorMeta) -> list[int]:
-        """Stored bits of the tensor under each candidate (codes, scales, zero points)."""
-        return [8 * q.encoded_bytes(meta) for q in self._quantizers()]
+        """Stored bits of the tensor under each candidate (codes, scales, zero points;
+        a GGUF's blocks for the ggml kinds when ``form`` is ``gguf``)."""
+        return [8 * q.encoded_bytes(meta, self.form) for q in self._quantizers()]
 
     def runner(self, meta: TensorMeta, blocks: list[Block], state: Any = None) -> StageRunner:
         return _ProbeRunner(self, meta, blocks)
@@ -89,11 +94,12 @@ class SchemeProbe(Stage):
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "configuration": {"candidates": [c.spec() for c in self.candidates],
-                                                     "observer": self.observer}}
+                                                     "observer": self.observer, "form": self.form}}
 
     @classmethod
     def from_configuration(cls, conf: dict[str, Any]) -> SchemeProbe:
-        return cls(tuple(conf.get("candidates", DEFAULT_CANDIDATES)), str(conf.get("observer", "minmax")))
+        return cls(tuple(conf.get("candidates", DEFAULT_CANDIDATES)), str(conf.get("observer", "minmax")),
+                   str(conf.get("form", "zarr")))
 
 
 class _ProbeRunner(StageRunner):

@@ -17,7 +17,7 @@ from .. import kernels as K
 from ..errors import ConfigError
 from ..layout import Block, TensorMeta
 from .base import Encoding, Stage, StageRunner, merge_with
-from .encodings import GGMLEncoding, QuantEncoding
+from .encodings import BLOCK_BYTES, GGMLEncoding, QuantEncoding
 from .schemes import QuantGranularity, QuantScheme, parse_scheme
 
 __all__ = ["QuantizeInt8", "Quantize", "name_matches"]
@@ -163,10 +163,14 @@ class Quantize(Stage):
             return IdentityRunner(scheme=None)
         return _SchemeRunner(sch, meta, blocks, real=not self.simulate, observer=self.observer)
 
-    def encoded_bytes(self, meta: TensorMeta) -> int:
+    def encoded_bytes(self, meta: TensorMeta, form: str = "zarr") -> int:
+        """Bytes of the tensor as stored: in a store (FORMAT.md: codes, scales, zero
+        points or mins) or, ``form="gguf"``, as a GGUF's ggml blocks."""
         sch = self.scheme_for(meta.name)
         if sch is None or meta.size == 0:
             return 4 * meta.size
+        if form == "gguf" and sch.ggml:
+            return meta.size // 32 * BLOCK_BYTES[sch.name]
         units = math.prod(sch.scale_shape(meta.shape))
         zp = 2 * units if sch.has_min else 0 if sch.symmetric else units  # (min: float16; zero point: int8)
         return math.prod(sch.code_shape(meta.shape)) + units * np.dtype(sch.scale_dtype).itemsize + zp

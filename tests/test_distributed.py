@@ -74,6 +74,9 @@ PIPELINES = {
         skip_1d=True),
     "prune-tensor+clip+q8_0": sc.CompressionConfig(
         (sc.Prune(sc.PruningConfig(0.3)), sc.Clip(0.05), sc.Quantize(sc.parse_scheme("q8_0")))),
+    "q4_1-hqq, q5_0 overrides (minmax)": sc.CompressionConfig(  # an observer's blocks: whole units, local
+        (sc.Quantize(sc.parse_scheme("q4_1"), overrides=(("re:layers.[02]", "q5_0"),), observer="hqq"),),
+        skip_1d=True),
 }
 
 

@@ -20,7 +20,7 @@ values from the float16 ``d`` and min.
 ``hqq`` (Badri and Shaji's Half-Quadratic Quantization, with its published
 defaults: ``lp = 0.7``, ``beta = 10``, ``kappa = 1.01``, 20 iterations) for
 the ggml ``_1`` kinds, whose ``min`` is a float zero point: the scale ``d``
-stays minmax's; the min is moved to fit the lp-norm (``p < 1``) of the error,
+stays minmax's (float16, as stored); the min is moved to fit the lp-norm (``p < 1``) of the error,
 alternating a shrinkage of the error ``e = shrink(x - (q d + m))`` with the
 closed-form min ``m = mean(x - e - q d)``, ``beta`` growing by ``kappa``. As
 HQQ's loop, a unit stops at its first step that does not lower its mean
@@ -32,11 +32,11 @@ chunking. Codes round to nearest (half away from zero), as the stored form.
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from numba import prange
-
-import math
 
 from ._jit import JIT, PJIT
 from .ggml import _code, f16_round

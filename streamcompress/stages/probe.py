@@ -14,7 +14,7 @@ from .. import kernels as K
 from ..errors import ConfigError
 from ..layout import Block, TensorMeta
 from .base import Stage, StageRunner
-from .quantize import _OBSERVED, OBSERVERS, Quantize, _SchemeRunner, observer_applies
+from .quantize import _OBSERVED, OBSERVER_SCHEMES, OBSERVERS, Quantize, _SchemeRunner, observer_applies
 from .schemes import QuantGranularity, QuantScheme, parse_scheme
 
 __all__ = ["SchemeProbe", "plan_bits", "DEFAULT_CANDIDATES"]
@@ -52,7 +52,9 @@ class SchemeProbe(Stage):
                                   f"int4:group:32, int8:channel), not {c.spec()}")
         self._quantizers()  # (their checks)
         if self.observer != "minmax" and not any(observer_applies(self.observer, c) for c in self.candidates):
-            Quantize(self.candidates[0], observer=self.observer)  # (its error: the observer fits no candidate)
+            raise ConfigError(f"the {self.observer} observer does not apply to any candidate "
+                              f"({' '.join(c.spec() for c in self.candidates)}): it is for "
+                              f"{OBSERVER_SCHEMES[self.observer]}")
 
     def _quantizers(self) -> list[Quantize]:
         """One quantize stage per candidate, with the observer where it applies (else minmax)."""

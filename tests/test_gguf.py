@@ -363,27 +363,34 @@ def test_a_killed_gguf_compress_resumes_to_the_same_file(tmp_path, rng, scheme):
     assert not work.exists() and not journal.exists()
 
 
-def _interrupted_at_third_record(monkeypatch, src, out, before=None) -> list[str]:
-    """A Q8_0 compress of ``src`` into ``out`` stopped (KeyboardInterrupt) as its
-    third tensor's completion is recorded (after ``before(sink, name, attrs)``);
-    returns the names whose completion was asked, in order."""
+def _interrupted_at_third_record(monkeypatch, src, out, before=None, at=3, resume=False) -> list[str]:
+    """A Q8_0 compress of ``src`` into ``out`` (``resume``: resuming it) stopped
+    (KeyboardInterrupt) as its ``at``-th tensor's completion is recorded (after
+    ``before(sink, name, attrs)``), nothing recorded after it; returns the names
+    whose completion was asked, in order."""
+    import threading
+
     from streamcompress.formats.gguf import GGUFSink
 
     real = GGUFSink.update_attrs
     calls = []
+    one_at_a_time = threading.Lock()  # (records are made on two writer threads: a kill stops them all)
 
-    def dies_at_the_third(self, name, attrs):
-        calls.append(name)
-        if len(calls) == 3:
-            if before is not None:
-                before(self, name, attrs)
-            raise KeyboardInterrupt
-        real(self, name, attrs)
+    def dies_at(self, name, attrs):
+        with one_at_a_time:
+            if len(calls) >= at:  # after the "kill": nothing more is written
+                raise KeyboardInterrupt
+            calls.append(name)
+            if len(calls) == at:
+                if before is not None:
+                    before(self, name, attrs)
+                raise KeyboardInterrupt
+            real(self, name, attrs)
 
-    monkeypatch.setattr(GGUFSink, "update_attrs", dies_at_the_third)
+    monkeypatch.setattr(GGUFSink, "update_attrs", dies_at)
     with pytest.raises(KeyboardInterrupt):
         sc.compress_model(str(src), sc.CompressionConfig((Quantize(sc.parse_scheme("q8_0")),)), output=out,
-                          options=sc.EngineOptions(block_elems=64 * 256))
+                          resume=resume, options=sc.EngineOptions(block_elems=64 * 256))
     monkeypatch.setattr(GGUFSink, "update_attrs", real)
     return calls
 
@@ -437,6 +444,30 @@ def test_a_journal_line_cut_short_is_not_a_record(tmp_path, rng, monkeypatch, ca
     assert main(["compress", str(src), str(out), "--quantize", "q8_0", "--resume", "-q"]) == 0
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("kept")] == [
         f"kept {n} (complete in the earlier run)" for n in calls[:2]]
+    assert out.read_bytes() == clean.read_bytes()
+
+
+def test_a_resume_after_a_record_cut_short_keeps_its_own_records_for_the_next(tmp_path, rng, monkeypatch, caplog):
+    """Killed mid-record, then the resumed run killed too: the second resume keeps what
+    the first one recorded (its records are not appended to the cut line)."""
+    src = _llama_f32(tmp_path / "in.gguf", rng, n=6, shape=(64, 256))
+    clean = tmp_path / "clean.gguf"
+    assert main(["compress", str(src), str(clean), "--quantize", "q8_0", "-q"]) == 0
+    out = tmp_path / "out.gguf"
+    journal = tmp_path / ".out.gguf.work.json"
+
+    def half_a_record(sink, name, attrs):
+        with open(sink.journal, "a") as f:
+            f.write(json.dumps({"name": name, "info": attrs["streamcompress"]})[:40])
+
+    first = _interrupted_at_third_record(monkeypatch, src, out, half_a_record)
+    assert not journal.read_text().endswith("\n")
+    seen = _interrupted_at_third_record(monkeypatch, src, out, at=2, resume=True)  # one record, then killed
+    assert all(json.loads(line) for line in journal.read_text().splitlines())  # (whole records only)
+    caplog.set_level("INFO", "streamcompress")
+    assert main(["compress", str(src), str(out), "--quantize", "q8_0", "--resume", "-q"]) == 0
+    kept = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kept")]
+    assert kept == [f"kept {n} (complete in the earlier run)" for n in first[:2] + seen[:1]]
     assert out.read_bytes() == clean.read_bytes()
 
 

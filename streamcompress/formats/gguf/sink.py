@@ -92,17 +92,22 @@ class GGUFSink:
         """Read the journal of an earlier run; False when there is nothing to resume
         (no journal, a work file that is not this layout's, or no record)."""
         try:
-            lines = self.journal.read_text().splitlines()
+            raw = self.journal.read_bytes()
             with open(self.work, "rb") as f:
                 same = f.read(len(self.head)) == self.head and os.fstat(f.fileno()).st_size == self.size
-        except (OSError, UnicodeDecodeError):
+        except OSError:
             return False
-        recs = []
-        for line in lines:
+        recs, good = [], 0
+        for line in raw.splitlines(keepends=True):
             try:
+                if not line.endswith(b"\n"):
+                    raise ValueError
                 recs.append(json.loads(line))
             except ValueError:  # a line cut short by a kill: the tensor it was recording is redone
                 break
+            good += len(line)
+        if good < len(raw) and recs:
+            self._cut_journal(good)
         if not recs or not isinstance(recs[0], dict) or "run" not in recs[0]:
             return False
         self.record = recs[0]["run"]
@@ -113,6 +118,17 @@ class GGUFSink:
             if isinstance(r, dict) and r.get("name") in self.tensors and isinstance(r.get("info"), dict):
                 self.done[r["name"]] = r["info"]
         return True
+
+    def _cut_journal(self, good: int) -> None:
+        """Drop what follows the journal's last whole record (a line a kill cut short),
+        so the records this run appends are read by a later resume."""
+        try:
+            with open(self.journal, "r+b") as f:
+                f.truncate(good)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise OutputError(self.journal.name, e) from None
 
     def _append(self, rec: dict[str, Any]) -> None:
         with open(self.journal, "a") as f:

@@ -11,9 +11,9 @@ for any thread count. This times, on one thread and on one tile in cache
 - ``one sum``: only ``sum_sq_err``'s chain of float64 additions, in order;
 - ``four lanes``: ``sum_sq_err`` and ``sum_sq_signal`` in four interleaved
   lanes (a fixed order, the same on every machine; still scalar code);
-- ``reassociated``: ``one sum`` and then all four statistics with Numba's
-  ``fastmath`` (LLVM may reorder the additions: other last bits, in an order
-  that depends on the CPU);
+- ``reassociated``: ``one sum`` and then ``diff_tile`` itself compiled with
+  Numba's ``fastmath`` (LLVM may reorder the additions: other last bits, in an
+  order that depends on the CPU);
 - ``quantize``: ``kernels.quantize_units`` (int8 per channel) on the tile;
 
 and prints G elements per second per thread for each.
@@ -63,30 +63,9 @@ def four_lanes(after, before):
     return (e0 + e1) + (e2 + e3), (s0 + s1) + (s2 + s3)
 
 
-@numba.njit(nogil=True, fastmath=True)
-def one_sum_reassociated(after, before):
-    e = 0.0
-    for i in range(after.size):
-        d = np.float64(after[i]) - np.float64(before[i])
-        e += d * d
-    return e
-
-
-@numba.njit(nogil=True, fastmath=True)
-def reassociated(after, before):
-    c = 0
-    e = 0.0
-    m = 0.0
-    s = 0.0
-    for i in range(after.size):
-        a = np.float64(after[i])
-        b = np.float64(before[i])
-        d = a - b
-        c += a != 0
-        e += d * d
-        m = max(m, abs(d))
-        s += b * b
-    return c, e, m, s
+#: the same functions compiled with ``fastmath`` (LLVM may reorder their additions)
+one_sum_reassociated = numba.njit(nogil=True, fastmath=True)(one_sum.py_func)
+reassociated = numba.njit(nogil=True, fastmath=True)(diff_tile.py_func)
 
 
 def rate(f, reps=400) -> float:

@@ -42,6 +42,53 @@ def _code(t, top):
     return np.uint8(min(top, max(np.float32(0.0), np.float32(np.trunc(t)))))  # (t < 0 only in a shrunk range)
 
 
+@numba.njit(**JIT)
+def ggml_range(xs, with_min):
+    """A unit's range as ggml's rule takes it: ``(min, max)`` (``_1`` kinds), or
+    ``(0, m)`` with ``m`` the first element of largest ``|x|`` (``_0`` kinds)."""
+    if with_min:
+        mn = np.float32(np.inf)
+        mx = np.float32(-np.inf)
+        for i in range(xs.size):
+            v = xs[i]
+            if v < mn:
+                mn = v
+            if v > mx:
+                mx = v
+        return mn, mx
+    amax = np.float32(0.0)
+    m = np.float32(0.0)
+    for i in range(xs.size):
+        v = xs[i]
+        if amax < abs(v):
+            amax = abs(v)
+            m = v
+    return np.float32(0.0), m
+
+
+@numba.njit(**JIT)
+def ggml_scale(lo, hi, p, half, with_min):
+    """``(d, 1 / d, min)`` (float32, ``d`` before float16 rounding; ``1 / d`` 0 for
+    ``d == 0``; ``min`` 0 for the ``_0`` kinds) of ``ggml_range``'s ``(lo, hi)`` times ``p``."""
+    if with_min:
+        lo = np.float32(lo * p)
+        d = np.float32(np.float32(np.float32(hi * p) - lo) / np.float32(2 * half - 1))
+    else:
+        d = np.float32(np.float32(hi * p) / np.float32(-half))
+        lo = np.float32(0.0)
+    iv = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
+    return d, iv, lo
+
+
+@numba.njit(**JIT)
+def ggml_code(v, iv, lo, half, with_min):
+    """ggml's code ``q`` (0..top) of ``v`` for ``ggml_scale``'s ``1 / d`` and min."""
+    top = np.float32(2 * half - 1)
+    if with_min:
+        return _code(np.float32(np.float32(np.float32(v - lo) * iv) + np.float32(0.5)), top)
+    return _code(np.float32(np.float32(v * iv) + np.float32(half + 0.5)), top)
+
+
 @numba.njit(**PJIT)
 def quantize_units_ggml(x, start, L, g, half, with_min, d_out, m_out, codes, shrink):
     """Codes (uint8 ``q``) of the block in ``codes``, per-unit ``d`` (float32,
@@ -53,46 +100,15 @@ def quantize_units_ggml(x, start, L, g, half, with_min, d_out, m_out, codes, shr
     ``x`` is left as it is."""
     G = (L + g - 1) // g
     u0 = _unit(start, L, g, G)
-    k = d_out.size
-    top = np.float32(2 * half - 1)
-    for j in prange(k):
+    for j in prange(d_out.size):
         lo, hi = _unit_bounds(j, u0, start, x.size, L, g, G)
         xs = x[lo:hi]
         cs = codes[lo:hi]
-        p = shrink[j] if shrink.size else np.float32(1.0)
-        if with_min:
-            mn = np.float32(np.inf)
-            mx = np.float32(-np.inf)
-            for i in range(xs.size):
-                v = xs[i]
-                if v < mn:
-                    mn = v
-                if v > mx:
-                    mx = v
-            mn = np.float32(mn * p)
-            mx = np.float32(mx * p)
-            d = np.float32(np.float32(mx - mn) / top)
-            iv = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
-            for i in range(xs.size):
-                t = np.float32(np.float32(np.float32(xs[i] - mn) * iv) + np.float32(0.5))
-                cs[i] = _code(t, top)
-            m_out[j] = mn
-        else:
-            amax = np.float32(0.0)
-            m = np.float32(0.0)
-            for i in range(xs.size):
-                v = xs[i]
-                if amax < abs(v):
-                    amax = abs(v)
-                    m = v
-            m = np.float32(m * p)
-            d = np.float32(m / np.float32(-half))
-            iv = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
-            off = np.float32(half + 0.5)
-            for i in range(xs.size):
-                t = np.float32(np.float32(xs[i] * iv) + off)
-                cs[i] = _code(t, top)
-            m_out[j] = np.float32(0.0)
+        a, b = ggml_range(xs, with_min)
+        d, iv, mn = ggml_scale(a, b, shrink[j] if shrink.size else np.float32(1.0), half, with_min)
+        for i in range(xs.size):
+            cs[i] = ggml_code(xs[i], iv, mn, half, with_min)
+        m_out[j] = mn
         d_out[j] = d
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import JIT, PJIT
-from .ggml import _code, f16_round
+from .ggml import f16_round, ggml_code, ggml_range, ggml_scale
 from .quant import _unit, _unit_bounds
 
 __all__ = ["unit_mse_shrink", "unit_mse_shrink_ggml", "unit_hqq_min", "quantize_units_affine"]
@@ -194,29 +194,20 @@ def _f16v(v, pow2):
 
 
 @numba.njit(**JIT)
-def _ggml_sq_error(xs, p, half, with_min, mn, mx, m, pow2):
-    """Squared error of one unit stored as ggml's kind with its range times ``p``."""
-    top = np.float32(2 * half - 1)
-    e = 0.0
-    if with_min:
-        lo = np.float32(mn * p)
-        d = np.float32(np.float32(np.float32(mx * p) - lo) / top)
-        iv = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
-        d16 = _f16v(d, pow2)
-        m16 = _f16v(lo, pow2)
-        for i in range(xs.size):
-            q = _code(np.float32(np.float32(np.float32(xs[i] - lo) * iv) + np.float32(0.5)), top)
-            r = np.float32(np.float32(np.float32(q) * d16) + m16)
-            dd = np.float64(r) - np.float64(xs[i])
-            e += dd * dd
-        return e
-    d = np.float32(np.float32(m * p) / np.float32(-half))
-    iv = np.float32(np.float32(1.0) / d) if d != 0 else np.float32(0.0)
+def _ggml_sq_error(xs, p, half, with_min, lo, hi, pow2):
+    """Squared error of one unit stored as ggml's kind with its range
+    (``ggml_range``'s ``lo, hi``) times ``p``: its codes as ``quantize_units_ggml``
+    makes them, its values from the float16 ``d`` and min."""
+    d, iv, mn = ggml_scale(lo, hi, p, half, with_min)
     d16 = _f16v(d, pow2)
-    off = np.float32(half + 0.5)
+    m16 = _f16v(mn, pow2)
+    e = 0.0
     for i in range(xs.size):
-        q = _code(np.float32(np.float32(xs[i] * iv) + off), top)
-        r = np.float32(np.float32(np.float32(np.int64(q) - half)) * d16)
+        q = ggml_code(xs[i], iv, mn, half, with_min)
+        if with_min:
+            r = np.float32(np.float32(np.float32(q) * d16) + m16)
+        else:
+            r = np.float32(np.float32(np.float32(np.int64(q) - half)) * d16)
         dd = np.float64(r) - np.float64(xs[i])
         e += dd * dd
     return e
@@ -232,22 +223,12 @@ def unit_mse_shrink_ggml(x, start, L, g, half, with_min, steps, pow2, out):
     for j in prange(out.size):
         lo, hi = _unit_bounds(j, u0, start, x.size, L, g, G)
         xs = x[lo:hi]
-        mn = np.float32(np.inf)
-        mx = np.float32(-np.inf)
-        amax = np.float32(0.0)
-        m = np.float32(0.0)
-        for i in range(xs.size):
-            v = xs[i]
-            mn = min(mn, v)
-            mx = max(mx, v)
-            if amax < abs(v):
-                amax = abs(v)
-                m = v
+        a, b = ggml_range(xs, with_min)
         best = np.inf
         bp = np.float32(1.0)
         for i in range(steps):
             p = np.float32(1.0 - i / 100.0)
-            e = _ggml_sq_error(xs, p, half, with_min, mn, mx, m, pow2)
+            e = _ggml_sq_error(xs, p, half, with_min, a, b, pow2)
             if e < best:
                 best = e
                 bp = p

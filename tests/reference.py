@@ -434,3 +434,38 @@ def ref_mse_ggml(x, bits, with_min, steps=80):
         ds.append(ds_)
         ms.append(ms_)
     return codes.reshape(x.shape), np.array(ds, np.float32), np.array(ms, np.float32), deq.reshape(x.shape)
+
+
+def ref_diff_stats(before, after, tile=1 << 16, lanes=32):
+    """``(nonzero_after, sum_sq_err, max_abs_err, sum_sq_signal)`` as the engine
+    sums them: per tile of ``tile`` elements, element ``i`` into lane
+    ``i % lanes`` (each lane a sequential float64 ``np.cumsum``), the lanes added
+    pairwise (lane ``k`` and ``k + h`` for halving ``h``), then the tiles in order.
+    A tile whose sums are not finite is summed again without its non-finite
+    differences and signals."""
+    a_all = np.asarray(after, np.float32).reshape(-1).astype(np.float64)
+    b_all = np.asarray(before, np.float32).reshape(-1).astype(np.float64)
+
+    def lane_sums(v):
+        out = [float(np.cumsum(v[j::lanes])[-1]) if v[j::lanes].size else 0.0 for j in range(lanes)]
+        h = lanes // 2
+        while h:
+            out = [out[k] + out[k + h] for k in range(h)]
+            h //= 2
+        return out[0]
+
+    nz, sse, mx, sig = 0, 0.0, 0.0, 0.0
+    for lo in range(0, max(a_all.size, 1), tile):
+        a, b = a_all[lo:lo + tile], b_all[lo:lo + tile]
+        with np.errstate(invalid="ignore", over="ignore"):
+            d = a - b
+            e, s = lane_sums(d * d), lane_sums(b * b)
+            if not (math.isfinite(e) and math.isfinite(s)):
+                fd, fb = np.isfinite(d), np.isfinite(b)
+                e, s = lane_sums(np.where(fd, d, 0) ** 2), lane_sums(np.where(fb, b, 0) ** 2)
+                d = np.where(fd, d, 0)
+        nz += int(np.count_nonzero(a))
+        sse += e
+        sig += s
+        mx = max(mx, float(np.abs(d[~np.isnan(d)]).max()) if np.any(~np.isnan(d)) else 0.0)
+    return nz, sse, mx, sig

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from reference import element_scores, lcg_values, round_half_away
+from reference import element_scores, lcg_values, ref_diff_stats, round_half_away
 from streamcompress import kernels as K
 
 
@@ -209,6 +209,28 @@ def test_diff_stats(rng):
     assert sig == pytest.approx((a.astype(np.float64) ** 2).sum(), rel=1e-12)
 
 
+@pytest.mark.parametrize("n", [0, 1, 15, 17, 65535, 65536, 65537, 200003])
+@pytest.mark.parametrize("special", [False, True])
+def test_diff_stats_sums_in_its_fixed_order(rng, n, special):
+    """Bit for bit the reference's order (lanes per tile, pairwise, tiles in
+    order), with and without NaN/inf on either side, for any thread count."""
+    a = specials(rng, n) if special and n else data(rng, n)
+    with np.errstate(over="ignore", invalid="ignore"):
+        b = (np.round(a * 16) / 16).astype(np.float32)
+    b[::5] = 0
+    if special and n > 3:
+        b[rng.integers(0, n, 3)] = np.array([np.nan, np.inf, -np.inf], np.float32)
+    want = ref_diff_stats(a, b)
+    assert tuple(K.diff_stats(a, b)) == want
+    import numba
+    was = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert tuple(K.diff_stats(a, b)) == want
+    finally:
+        numba.set_num_threads(was)
+
+
 def test_scores_reference_consistency(rng):
     x = data(rng, 100)
     assert (K.square(x) == element_scores(x, "l2", 0)).all()
@@ -284,3 +306,48 @@ def test_window_histogram_folds_int32_slots_before_they_overflow(rng, monkeypatc
     assert (wh.high() == np.bincount(keys >> 16, minlength=1 << 16)).all()
     for j in range(3):
         assert (wh.window()[j] == np.bincount(keys[(keys >> 16) == lo + j] & 0xFFFF, minlength=1 << 16)).all()
+
+
+_STALE_CHILD = """
+import numpy as np
+from streamcompress import kernels as K
+x = (np.random.default_rng(3).standard_normal(1 << 16) * 3).astype(np.float32)
+out = np.zeros(x.size // 32 * 34, np.uint8)
+got = K.q8_0_pass(x, x.view(np.uint32), -127, 127, K.POW2, out)[:4]
+b = out.reshape(-1, 34)
+deq = (b[:, 2:].view(np.int8).astype(np.float32) * b[:, :2].copy().view(np.float16).astype(np.float32)).reshape(-1)
+print(repr(tuple(float(v) for v in got)))
+print(repr(tuple(float(v) for v in K.diff_stats(x, deq))))
+"""
+
+
+def test_a_cached_kernel_is_rebuilt_when_a_kernel_it_calls_changes(tmp_path):
+    """Numba's cache checks a kernel's own file only: after a change to
+    ``diff_tile`` (elementwise.py) alone, ``q8_0_pass`` (ggml.py, which inlines
+    it) must not load as compiled with the old one."""
+    import ast
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(K.__file__).resolve().parent.parent
+    shutil.copytree(src, tmp_path / "streamcompress", ignore=shutil.ignore_patterns("__pycache__"))
+
+    def run():
+        env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+        env.pop("NUMBA_CACHE_DIR", None)
+        got = subprocess.run([sys.executable, "-c", _STALE_CHILD], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, check=True)
+        fused, generic = got.stdout.splitlines()[-2:]
+        return ast.literal_eval(fused), ast.literal_eval(generic)
+
+    fused, generic = run()
+    assert fused == generic
+    assert list((tmp_path / "streamcompress/kernels/__pycache__").glob("ggml.q8_0_pass*.nbi"))  # (cached)
+    el = tmp_path / "streamcompress/kernels/elementwise.py"
+    el.write_text(el.read_text().replace("LANES = 32\n", "LANES = 8\n", 1))
+    fused2, generic2 = run()
+    assert generic2 != generic  # (the change moves the sums' last bits: the check can fail)
+    assert fused2 == generic2

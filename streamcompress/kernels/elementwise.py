@@ -198,38 +198,83 @@ def prune_threshold(x, keys, thr, ties_left, mask, want_mask, all_ties=False):
     return total
 
 
+#: Lanes of :func:`diff_tile`'s sums: element ``i`` of a tile goes to lane
+#: ``i % LANES``, so the lanes are independent chains LLVM keeps in vector
+#: registers; the order is fixed (the same on every machine and thread count).
+LANES = 32
+
+
+@numba.njit(**JIT)
+def _fold_lanes(c, e, m, s):
+    """The lanes of :func:`diff_tile` combined pairwise, in a fixed order."""
+    w = LANES
+    while w > 1:
+        h = w // 2
+        for k in range(h):
+            c[k] += c[k + h]
+            e[k] += e[k + h]
+            m[k] = max(m[k], m[k + h])
+            s[k] += s[k + h]
+        w = h
+    return c[0], e[0], m[0], s[0]
+
+
 @numba.njit(**JIT)
 def diff_tile(after, before):
-    """``(nonzero_after, sum_sq_err, max_abs_err, sum_sq_signal)`` of one tile: float64
-    sums in element order; a tile whose sums are not finite is redone leaving
-    non-finite differences (and signals) out."""
-    c = 0
-    e = 0.0
-    m = 0.0
-    s = 0.0
-    for i in range(after.size):
+    """``(nonzero_after, sum_sq_err, max_abs_err, sum_sq_signal)`` of one tile.
+
+    The sums are float64 in :data:`LANES` lanes (element ``i`` into lane
+    ``i % LANES``, each lane in element order), the lanes then added pairwise
+    (``_fold_lanes``): a fixed order that vectorizes. A tile whose sums are not
+    finite is redone the same way, leaving non-finite differences (and
+    signals) out."""
+    n = after.size
+    full = n - n % LANES
+    c = np.zeros(LANES, np.int64)
+    e = np.zeros(LANES)
+    m = np.zeros(LANES)
+    s = np.zeros(LANES)
+    for k in range(full // LANES):
+        xa = after[k * LANES:k * LANES + LANES]  # (0-based slices vectorize: see quantize_units)
+        xb = before[k * LANES:k * LANES + LANES]
+        for j in range(LANES):
+            a = np.float64(xa[j])
+            b = np.float64(xb[j])
+            d = a - b
+            c[j] += np.int64(a != 0)
+            e[j] += d * d
+            m[j] = np.fmax(m[j], abs(d))  # (fmax, not a select: that would be a masked store)
+            s[j] += b * b
+    xa = after[full:]
+    xb = before[full:]
+    for j in range(xa.size):
+        a = np.float64(xa[j])
+        b = np.float64(xb[j])
+        d = a - b
+        c[j] += np.int64(a != 0)
+        e[j] += d * d
+        m[j] = np.fmax(m[j], abs(d))
+        s[j] += b * b
+    nz, se, mx, sg = _fold_lanes(c, e, m, s)
+    if np.isfinite(se) and np.isfinite(sg):
+        return nz, se, mx, sg
+    e[:] = 0.0
+    m[:] = 0.0
+    s[:] = 0.0
+    for i in range(n):
+        j = i % LANES
         a = np.float64(after[i])
         b = np.float64(before[i])
-        c += a != 0
         d = a - b
-        e += d * d
-        m = max(m, abs(d))
-        s += b * b
-    if not (np.isfinite(e) and np.isfinite(s)):
-        e = 0.0
-        m = 0.0
-        s = 0.0
-        for i in range(after.size):
-            a = np.float64(after[i])
-            b = np.float64(before[i])
-            d = a - b
-            if np.isfinite(d):
-                e += d * d
-                if abs(d) > m:
-                    m = abs(d)
-            if np.isfinite(b):
-                s += b * b
-    return c, e, m, s
+        if np.isfinite(d):
+            e[j] += d * d
+            if abs(d) > m[j]:
+                m[j] = abs(d)
+        if np.isfinite(b):
+            s[j] += b * b
+    c[:] = 0
+    _, se, mx, sg = _fold_lanes(c, e, m, s)
+    return nz, se, mx, sg
 
 
 @numba.njit(**JIT)
@@ -261,8 +306,9 @@ def diff_stats(before, after):
     """Partial stats of one stage on one block.
 
     Returns ``(nonzero_after, sum_sq_err, max_abs_err, sum_sq_signal)``; the
-    sums are float64, taken per fixed tile and added in tile order
-    (deterministic for any thread count). Non-finite differences are left out
+    sums are float64, taken per fixed tile (in :data:`LANES` lanes,
+    :func:`diff_tile`) and added in tile order (deterministic for any thread
+    count and machine). Non-finite differences are left out
     of the error sums (a tile with any is redone with per-element checks).
     """
     n = after.size

@@ -189,3 +189,10 @@ def test_a_budget_into_a_gguf_counts_the_gguf_blocks_bits(tmp_path, rng, capsys)
     capsys.readouterr()
     assert main(["estimate", str(src), *args[:-1], "--json"]) == 0  # (a store: q5_1 is 9 bits per weight)
     assert {t["scheme"] for t in json.loads(capsys.readouterr().out)["tensors"]} == {"q4_1"}
+    assert main(["estimate", str(src), *args[:-1], "--format", "gguf", "--json"]) == 0  # (as compress plans it)
+    est = json.loads(capsys.readouterr().out)
+    assert est["form"] == "gguf"
+    assert [(t["name"], t["scheme"], t["bits"]) for t in est["tensors"]] == [
+        (t["name"], t["scheme"], t["bits"]) for t in plan["tensors"]]
+    assert main(["estimate", str(src), "--quantize", "q8_0", "--format", "gguf"]) == 1  # (no plan to count)
+    one_line_error(capsys, "--format says how a --target-bpw plan counts bits")

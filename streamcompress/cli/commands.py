@@ -127,7 +127,10 @@ def _bit_plan(args: argparse.Namespace, cfg, opts):
                           "--prune, --clip or a --config pipeline")
     candidates = tuple(parse_scheme(c, args.scale_dtype) for c in args.candidates)  # (--scale-dtype: theirs)
     out = getattr(args, "output", None)  # (the bits counted are the output's: a GGUF's blocks for OUT.gguf)
-    form = "gguf" if out is not None and format_of_suffix(out) == "gguf" else "zarr"
+    if out is None:  # (estimate: --format)
+        form = getattr(args, "plan_form", None) or "zarr"
+    else:
+        form = "gguf" if format_of_suffix(out) == "gguf" else "zarr"
     return plan_bit_budget(args.input, cfg, args.target_bpw, candidates, args.observer,
                            dataclasses.replace(opts, progress=False), args.bpw_objective, form)
 
@@ -139,6 +142,9 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         plan = _bit_plan(args, pipeline_of(args), EngineOptions())
         print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.table())
         return 0
+    if args.plan_form is not None:
+        raise ConfigError("--format says how a --target-bpw plan counts bits: give it with --target-bpw "
+                          "(the metadata estimate is the seed's, the same for any output)")
     cfg = pipeline_of(args)
     sources = load_sources(args.input)
     before = sum(4 * s.meta.size for s in sources)

@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("estimate", help="estimate the compressed size from metadata only")
     e.add_argument("input", metavar="IN", help=_IN_HELP)
     _add_stage_flags(e)
+    e.add_argument("--format", choices=["zarr", "gguf"], default=None, dest="plan_form",
+                   help="with --target-bpw: count the bits as this output stores them (gguf: the ggml kinds "
+                        "as their blocks, as compress IN OUT.gguf plans; default zarr: a store's)")
     e.add_argument("--json", action="store_true", help="print JSON")
 
     im = sub.add_parser("import", help="copy a safetensors checkpoint (file, sharded dir) or .npz into Zarr")

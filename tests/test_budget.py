@@ -196,3 +196,37 @@ def test_a_budget_into_a_gguf_counts_the_gguf_blocks_bits(tmp_path, rng, capsys)
         (t["name"], t["scheme"], t["bits"]) for t in plan["tensors"]]
     assert main(["estimate", str(src), "--quantize", "q8_0", "--format", "gguf"]) == 1  # (no plan to count)
     one_line_error(capsys, "--format says how a --target-bpw plan counts bits")
+
+
+def test_a_budget_into_a_gguf_chooses_among_the_ggml_kinds_and_leaves_1d_float(tmp_path, rng, capsys):
+    """Into OUT.gguf the default candidates are ggml's kinds and 1-D tensors stay
+    out of the plan (the run keeps them float there: a plan that counted a norm
+    as 6-bit q5_1 held 32-bit floats in the file); anything a GGUF cannot hold
+    is refused in one line before the measuring pass, with nothing written."""
+    from gguf import GGUFReader
+
+    from test_streaming import write_store
+
+    src = write_store(tmp_path / "in.zarr", list(_model(rng).items()))
+    out, rep = tmp_path / "o.gguf", tmp_path / "r.json"
+    assert main(["compress", str(src), str(out), "--target-bpw", "5.5", "-q", "--report", str(rep)]) == 0
+    plan = json.loads(rep.read_text())["bit_budget"]
+    assert plan["candidates"] == ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"]
+    assert [t["name"] for t in plan["tensors"]] == ["a.weight", "b.weight", "c.weight"]  # (norm.weight: float)
+    got = {t.name: 8 * int(t.n_bytes) for t in GGUFReader(str(out)).tensors}
+    assert sum(got[t["name"]] for t in plan["tensors"]) == sum(t["bits"] for t in plan["tensors"])
+    assert plan["bits_per_weight"] <= 5.5
+    capsys.readouterr()
+    assert main(["estimate", str(src), "--target-bpw", "5.5", "--format", "gguf", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tensors"] == plan["tensors"]
+
+    bad_out = tmp_path / "bad.gguf"
+    for extra, needle in ((["--candidates", "q4_0", "int8:channel"], "chooses among ggml's block types"),
+                          ([], "cannot be a ggml block type")):
+        src2 = src
+        if not extra:  # (a 2-D tensor whose rows are not whole blocks of 32)
+            src2 = write_store(tmp_path / "odd.zarr", [*_model(rng).items(), ("odd.weight", rng.standard_normal(
+                (8, 48)).astype(np.float32))])
+        assert main(["compress", str(src2), str(bad_out), "--target-bpw", "5.5", *extra, "-q"]) == 1
+        one_line_error(capsys, needle)
+        assert not bad_out.exists() and not list(tmp_path.glob(".bad.gguf*"))

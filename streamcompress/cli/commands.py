@@ -120,17 +120,19 @@ def _bit_plan(args: argparse.Namespace, cfg, opts):
     """The plan of ``--target-bpw`` (its measuring pass over the input)."""
     from ..engine.budget import plan_bit_budget
     from ..formats import format_of_suffix
+    from ..stages.probe import default_candidates
     from ..stages.schemes import parse_scheme
 
     if cfg.stages:
         raise ConfigError("--target-bpw chooses each tensor's quantization: give it without --quantize, "
                           "--prune, --clip or a --config pipeline")
-    candidates = tuple(parse_scheme(c, args.scale_dtype) for c in args.candidates)  # (--scale-dtype: theirs)
     out = getattr(args, "output", None)  # (the bits counted are the output's: a GGUF's blocks for OUT.gguf)
     if out is None:  # (estimate: --format)
         form = getattr(args, "plan_form", None) or "zarr"
     else:
         form = "gguf" if format_of_suffix(out) == "gguf" else "zarr"
+    specs = args.candidates or default_candidates(form)
+    candidates = tuple(parse_scheme(c, args.scale_dtype) for c in specs)  # (--scale-dtype: theirs)
     return plan_bit_budget(args.input, cfg, args.target_bpw, candidates, args.observer,
                            dataclasses.replace(opts, progress=False), args.bpw_objective, form)
 

@@ -68,10 +68,9 @@ def _add_stage_flags(p: argparse.ArgumentParser) -> None:
                    help="mixed precision: choose a scheme per selected tensor (from --candidates) for the least "
                         "total squared error at no more than B stored bits per weight (one measuring pass, "
                         "then the run); instead of --quantize")
-    g.add_argument("--candidates", metavar="SCHEME", nargs="+", default=["int4:group:32", "int4:group:128",
-                                                                         "int8:channel"],
+    g.add_argument("--candidates", metavar="SCHEME", nargs="+", default=None,
                    help="the schemes --target-bpw chooses from (default int4:group:32 int4:group:128 "
-                        "int8:channel)")
+                        "int8:channel; into OUT.gguf, or estimate --format gguf: q4_0 q4_1 q5_0 q5_1 q8_0)")
     g.add_argument("--bpw-objective", choices=["relative", "sse"], default="relative",
                    help="what --target-bpw minimizes: the sum of each tensor's squared error over its sum of "
                         "squares (relative, default) or the total squared error (sse)")

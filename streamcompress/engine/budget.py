@@ -12,7 +12,7 @@ from ..config import CompressionConfig
 from ..errors import ConfigError, EmptyModel
 from ..formats.memory import NullSink
 from ..stages import Quantize
-from ..stages.probe import DEFAULT_CANDIDATES, SchemeProbe, plan_bits
+from ..stages.probe import SchemeProbe, default_candidates, plan_bits
 from ..stages.schemes import QuantScheme
 from .compress import _compress
 from .local import LocalExecutor
@@ -79,7 +79,7 @@ class BitPlan:
 
 
 def plan_bit_budget(tensors: Any, config: CompressionConfig, target_bpw: float,
-                    candidates: tuple[str | QuantScheme, ...] = DEFAULT_CANDIDATES, observer: str = "minmax",
+                    candidates: tuple[str | QuantScheme, ...] | None = None, observer: str = "minmax",
                     options: EngineOptions | None = None, objective: str = "relative",
                     form: str = "zarr") -> BitPlan:
     """Measure each candidate on each tensor ``config`` selects (one streaming pass,
@@ -93,21 +93,30 @@ def plan_bit_budget(tensors: Any, config: CompressionConfig, target_bpw: float,
     ratio: a layer's output noise follows its weights' relative error, whatever
     their scale; ``sse`` is the plain total squared error (large-valued
     tensors then count for more). ``form``: the output whose stored bits are
-    counted, a store (``zarr``) or a GGUF (``gguf``: the ggml kinds as blocks)."""
+    counted, a store (``zarr``) or a GGUF (``gguf``: the ggml kinds as blocks).
+    ``candidates``: by default ``stages.probe.default_candidates(form)``; into a
+    GGUF only ggml's block types, 1-D tensors are left out (they stay float
+    there, as ``compress IN OUT.gguf`` keeps them), and every other selected
+    tensor must fit the blocks (2-D, rows of whole blocks of 32), checked
+    before the measuring pass."""
     options = options or EngineOptions()
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown bit-budget objective '{objective}' (choose from {', '.join(OBJECTIVES)})")
     if not (isinstance(target_bpw, (int, float)) and math.isfinite(target_bpw) and target_bpw > 0):
         raise ConfigError(f"--target-bpw must be a positive number of bits per weight, got {target_bpw!r}")
-    probe = SchemeProbe(tuple(candidates), observer, form)
+    probe = SchemeProbe(tuple(default_candidates(form) if candidates is None else candidates), observer, form)
     sources = load_sources(tensors, options.missing_chunks)
     if not sources:
         raise EmptyModel()
-    cfg = replace(config, stages=(probe,))
+    cfg = replace(config, stages=(probe,), skip_1d=config.skip_1d or form == "gguf")  # (GGUF: 1-D stay float)
     skip = cfg.check([s.meta for s in sources])
     picked = [(s, sk) for s, sk in zip(sources, skip) if not sk and s.is_float and s.meta.size]
     if not picked:
         raise ConfigError("no tensor is selected for the bit budget (see --ignore, --include, --skip-1d)")
+    for s, _ in picked if form == "gguf" else ():
+        if s.meta.ndim != 2 or s.meta.shape[-1] % 32:
+            raise ConfigError(f"tensor '{s.meta.name}' of shape {list(s.meta.shape)} cannot be a ggml block type "
+                              "in GGUF (rows must be whole blocks of 32, 2-D): --ignore it")
     skip = [sk or not s.is_float or not s.meta.size for s, sk in zip(sources, skip)]
     run = _prepare(sources, cfg, skip, options)
     result = _compress(run, tensors, NullSink(), LocalExecutor(), False)

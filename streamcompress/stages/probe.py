@@ -17,10 +17,17 @@ from .base import Stage, StageRunner
 from .quantize import _OBSERVED, OBSERVER_SCHEMES, OBSERVERS, Quantize, _SchemeRunner, observer_applies
 from .schemes import QuantGranularity, QuantScheme, parse_scheme
 
-__all__ = ["SchemeProbe", "plan_bits", "DEFAULT_CANDIDATES"]
+__all__ = ["SchemeProbe", "plan_bits", "DEFAULT_CANDIDATES", "GGUF_CANDIDATES", "default_candidates"]
 
-#: the candidates of ``--target-bpw`` unless told otherwise
+#: the candidates of ``--target-bpw`` unless told otherwise (into a store)
 DEFAULT_CANDIDATES = ("int4:group:32", "int4:group:128", "int8:channel")
+#: ... and into a GGUF, which holds ggml's block types only
+GGUF_CANDIDATES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
+
+
+def default_candidates(form: str) -> tuple[str, ...]:
+    """The candidates of a bit budget counted for ``form`` (``zarr`` or ``gguf``)."""
+    return GGUF_CANDIDATES if form == "gguf" else DEFAULT_CANDIDATES
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,9 @@ class SchemeProbe(Stage):
             if c.granularity not in _OBSERVED:  # (their scales come from each block alone: one pass)
                 raise ConfigError(f"a bit budget's candidates are per-channel or per-group schemes (e.g. "
                                   f"int4:group:32, int8:channel), not {c.spec()}")
+            if self.form == "gguf" and not c.ggml:
+                raise ConfigError(f"into a GGUF a bit budget chooses among ggml's block types "
+                                  f"({' '.join(GGUF_CANDIDATES)}, the default there), not {c.spec()}")
         self._quantizers()  # (their checks)
         if self.observer != "minmax" and not any(observer_applies(self.observer, c) for c in self.candidates):
             raise ConfigError(f"the {self.observer} observer does not apply to any candidate "

@@ -194,8 +194,17 @@ def test_a_budget_into_a_gguf_counts_the_gguf_blocks_bits(tmp_path, rng, capsys)
     assert est["form"] == "gguf"
     assert [(t["name"], t["scheme"], t["bits"]) for t in est["tensors"]] == [
         (t["name"], t["scheme"], t["bits"]) for t in plan["tensors"]]
-    assert main(["estimate", str(src), "--quantize", "q8_0", "--format", "gguf"]) == 1  # (no plan to count)
-    one_line_error(capsys, "--format says how a --target-bpw plan counts bits")
+    for cmd in (["estimate", str(src), "--quantize", "q8_0"], ["compress", str(src), str(tmp_path / "x.zarr"),
+                                                                 "--quantize", "int8:channel", "-q"]):
+        for flags, needle in ((["--format", "gguf"], "--format says how --target-bpw plans"),
+                              (["--candidates", "q4_0"], "--candidates says how --target-bpw plans"),
+                              (["--candidates", "q4_0", "--bpw-objective", "sse"], "--candidates and --bpw-objective say"),
+                              (["--bpw-objective", "relative"], "--bpw-objective says")):
+            if cmd[0] == "compress" and flags[0] == "--format":
+                continue  # (compress has no --format: OUT's suffix says it)
+            assert main([*cmd, *flags]) == 1, flags  # (each would be ignored)
+            one_line_error(capsys, needle)
+    assert not (tmp_path / "x.zarr").exists()
 
 
 def test_a_budget_into_a_gguf_chooses_among_the_ggml_kinds_and_leaves_1d_float(tmp_path, rng, capsys):

@@ -134,7 +134,7 @@ def _bit_plan(args: argparse.Namespace, cfg, opts):
     specs = args.candidates or default_candidates(form)
     candidates = tuple(parse_scheme(c, args.scale_dtype) for c in specs)  # (--scale-dtype: theirs)
     return plan_bit_budget(args.input, cfg, args.target_bpw, candidates, args.observer,
-                           dataclasses.replace(opts, progress=False), args.bpw_objective, form)
+                           dataclasses.replace(opts, progress=False), args.bpw_objective or "relative", form)
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
@@ -144,10 +144,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         plan = _bit_plan(args, pipeline_of(args), EngineOptions())
         print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.table())
         return 0
-    if args.plan_form is not None:
-        raise ConfigError("--format says how a --target-bpw plan counts bits: give it with --target-bpw "
-                          "(the metadata estimate is the seed's, the same for any output)")
-    cfg = pipeline_of(args)
+    cfg = pipeline_of(args)  # (refuses --format, --candidates, --bpw-objective without --target-bpw)
     sources = load_sources(args.input)
     before = sum(4 * s.meta.size for s in sources)
     after = estimate_compressed_size(sources, cfg)

@@ -71,7 +71,7 @@ def _add_stage_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--candidates", metavar="SCHEME", nargs="+", default=None,
                    help="the schemes --target-bpw chooses from (default int4:group:32 int4:group:128 "
                         "int8:channel; into OUT.gguf, or estimate --format gguf: q4_0 q4_1 q5_0 q5_1 q8_0)")
-    g.add_argument("--bpw-objective", choices=["relative", "sse"], default="relative",
+    g.add_argument("--bpw-objective", choices=["relative", "sse"], default=None,
                    help="what --target-bpw minimizes: the sum of each tensor's squared error over its sum of "
                         "squares (relative, default) or the total squared error (sse)")
     g.add_argument("--tensor-type", metavar="PATTERN=SCHEME", action="append", default=[],
@@ -132,6 +132,11 @@ def _overrides(items: list[str], scale_dtype: str) -> tuple:
 
 
 def pipeline_of(args: argparse.Namespace) -> CompressionConfig:
+    plan_flags = [f for f, k in (("--candidates", "candidates"), ("--bpw-objective", "bpw_objective"),
+                                 ("--format", "plan_form")) if getattr(args, k, None) is not None]
+    if plan_flags and getattr(args, "target_bpw", None) is None:  # (they would be ignored)
+        raise ConfigError(f"{' and '.join(plan_flags)} {'say' if len(plan_flags) > 1 else 'says'} how "
+                          "--target-bpw plans: give --target-bpw B too")
     flags = getattr(args, "stages", None) or []
     if args.config:
         if flags:

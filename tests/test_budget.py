@@ -112,6 +112,12 @@ def test_target_bpw_on_the_command_line_plans_reports_and_estimates(tmp_path, rn
         assert main(["compress", str(src), str(tmp_path / "x.zarr"), *bad]) == 1, bad
         one_line_error(capsys, needle)
         assert not (tmp_path / "x.zarr").exists()
+    for flags in (["--tensor-type", "a.weight=int8:channel"], ["--simulate"]):  # (the plan would ignore them)
+        assert main(["compress", str(src), str(tmp_path / "x.zarr"), "--target-bpw", "6", *flags, "-q"]) == 1
+        one_line_error(capsys, f"give it without {flags[0]}")
+        assert main(["estimate", str(src), "--target-bpw", "6", *flags]) == 1
+        one_line_error(capsys, f"give it without {flags[0]}")
+    assert not (tmp_path / "x.zarr").exists()
 
 
 def test_an_observer_measures_and_applies_the_candidates_it_fits_and_leaves_the_rest_minmax(rng):

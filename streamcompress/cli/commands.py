@@ -126,6 +126,11 @@ def _bit_plan(args: argparse.Namespace, cfg, opts):
     if cfg.stages:
         raise ConfigError("--target-bpw chooses each tensor's quantization: give it without --quantize, "
                           "--prune, --clip or a --config pipeline")
+    fixed = [f for f, v in (("--tensor-type", getattr(args, "tensor_type", None)),
+                            ("--simulate", getattr(args, "simulate", False))) if v]
+    if fixed:  # (they would be ignored: the plan's stage sets every selected tensor's scheme)
+        raise ConfigError(f"--target-bpw chooses each tensor's scheme and stores real codes: give it without "
+                          f"{' or '.join(fixed)} (--ignore leaves a tensor float)")
     out = getattr(args, "output", None)  # (the bits counted are the output's: a GGUF's blocks for OUT.gguf)
     if out is None:  # (estimate: --format)
         form = getattr(args, "plan_form", None) or "zarr"

@@ -13,7 +13,7 @@ from ..errors import ConfigError, EmptyModel
 from ..formats.memory import NullSink
 from ..stages import Quantize
 from ..stages.probe import SchemeProbe, default_candidates, plan_bits
-from ..stages.schemes import QuantScheme
+from ..stages.schemes import QuantScheme, ggml_fits
 from .compress import _compress
 from .local import LocalExecutor
 from .options import EngineOptions
@@ -113,8 +113,8 @@ def plan_bit_budget(tensors: Any, config: CompressionConfig, target_bpw: float,
     picked = [(s, sk) for s, sk in zip(sources, skip) if not sk and s.is_float and s.meta.size]
     if not picked:
         raise ConfigError("no tensor is selected for the bit budget (see --ignore, --include, --skip-1d)")
-    for s, _ in picked if form == "gguf" else ():
-        if s.meta.ndim != 2 or s.meta.shape[-1] % 32:
+    for s, _ in picked if form == "gguf" else ():  # (1-D left out above: what is left is 2-D or more)
+        if not ggml_fits(s.meta.shape):
             raise ConfigError(f"tensor '{s.meta.name}' of shape {list(s.meta.shape)} cannot be a ggml block type "
                               "in GGUF (rows must be whole blocks of 32, 2-D): --ignore it")
     skip = [sk or not s.is_float or not s.meta.size for s, sk in zip(sources, skip)]

@@ -26,7 +26,6 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "threadsafe"
 
 
-
 def drop_stale_cache(here: Path = Path(__file__).parent) -> bool:
     """Drop Numba's cache of these kernels if any kernel's source changed since it was made.
 

@@ -199,8 +199,8 @@ def prune_threshold(x, keys, thr, ties_left, mask, want_mask, all_ties=False):
 
 
 #: Lanes of :func:`diff_tile`'s sums: element ``i`` of a tile goes to lane
-#: ``i % LANES``, so the lanes are independent chains LLVM keeps in vector
-#: registers; the order is fixed (the same on every machine and thread count).
+#: ``i % LANES``, so the lanes are independent chains (arrays LLVM vectorizes);
+#: the order is fixed (the same on every machine and thread count).
 LANES = 32
 
 
@@ -272,8 +272,7 @@ def diff_tile(after, before):
                 m[j] = abs(d)
         if np.isfinite(b):
             s[j] += b * b
-    c[:] = 0
-    _, se, mx, sg = _fold_lanes(c, e, m, s)
+    _, se, mx, sg = _fold_lanes(c, e, m, s)  # (the count stands: it is the first pass's)
     return nz, se, mx, sg
 
 

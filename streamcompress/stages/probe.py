@@ -15,14 +15,15 @@ from ..errors import ConfigError
 from ..layout import Block, TensorMeta
 from .base import Stage, StageRunner
 from .quantize import _OBSERVED, OBSERVER_SCHEMES, OBSERVERS, Quantize, _SchemeRunner, observer_applies
-from .schemes import QuantGranularity, QuantScheme, parse_scheme
+from .schemes import GGML_BLOCKS, QuantGranularity, QuantScheme, parse_scheme
 
 __all__ = ["SchemeProbe", "plan_bits", "DEFAULT_CANDIDATES", "GGUF_CANDIDATES", "default_candidates"]
 
 #: the candidates of ``--target-bpw`` unless told otherwise (into a store)
 DEFAULT_CANDIDATES = ("int4:group:32", "int4:group:128", "int8:channel")
-#: ... and into a GGUF, which holds ggml's block types only
-GGUF_CANDIDATES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
+#: ... and into a GGUF, which holds ggml's block types only (all of them, cheapest first:
+#: q4_0 q4_1 q5_0 q5_1 q8_0)
+GGUF_CANDIDATES = tuple(sorted(GGML_BLOCKS))
 
 
 def default_candidates(form: str) -> tuple[str, ...]:

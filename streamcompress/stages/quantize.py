@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..layout import Block, TensorMeta
 from .base import Encoding, Stage, StageRunner, merge_with
 from .encodings import BLOCK_BYTES, GGMLEncoding, QuantEncoding
-from .schemes import QuantGranularity, QuantScheme, parse_scheme
+from .schemes import QuantGranularity, QuantScheme, ggml_fits, parse_scheme
 
 __all__ = ["QuantizeInt8", "Quantize", "name_matches"]
 
@@ -213,7 +213,7 @@ class Quantize(Stage):
         if not sch.ggml:
             raise ConfigError(f"a GGUF output holds ggml's block types (q8_0, q4_0, q4_1, q5_0, q5_1); tensor "
                               f"'{meta.name}' would be {sch.spec()}")
-        if meta.ndim > 2 or meta.ndim == 0 or meta.shape[-1] % 32:
+        if not ggml_fits(meta.shape):
             raise ConfigError(f"tensor '{meta.name}' of shape {list(meta.shape)} cannot be {sch.spec()} in GGUF (rows "
                               "must be whole blocks of 32, 1-D or 2-D): --tensor-type it to none, or --ignore it")
 

@@ -53,6 +53,12 @@ _DEFAULT_GRANULARITY = {"int8": "tensor", "int8_asym": "tensor", "int4": "group"
 GGML_BLOCKS = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 
 
+def ggml_fits(shape: tuple[int, ...]) -> bool:
+    """A ggml block type can hold a tensor of ``shape`` in GGUF: 1-D or 2-D, its
+    rows whole blocks of 32."""
+    return len(shape) in (1, 2) and shape[-1] % 32 == 0
+
+
 @dataclass(frozen=True)
 class QuantScheme:
     """One quantization format.

@@ -2,6 +2,7 @@
 package): its writer makes the inputs, its reader reads our outputs, and its
 quantizers are the reference for ggml's block types."""
 
+import errno
 import json
 import os
 import shutil
@@ -469,6 +470,73 @@ def test_a_resume_after_a_record_cut_short_keeps_its_own_records_for_the_next(tm
     assert main(["compress", str(src), str(out), "--quantize", "q8_0", "--resume", "-q"]) == 0
     kept = sorted(r.getMessage() for r in caplog.records if r.getMessage().startswith("kept"))
     assert kept == sorted(f"kept {n} (complete in the earlier run)" for n in first[:2] + seen[:1])  # (see above)
+    assert out.read_bytes() == clean.read_bytes()
+
+
+def _held_until_the_last_write(monkeypatch):
+    """GGUFSink.make_durable held until the file's last tensor is written (at most
+    20 s); returns the list of whether each hold ended by that write."""
+    import threading
+
+    from streamcompress.formats.gguf.sink import GGUFSink
+
+    last_written, held = threading.Event(), []
+    write, durable = GGUFSink.write, GGUFSink.make_durable
+
+    def wrote(self, name, region, data):
+        write(self, name, region, data)
+        if name == list(self.tensors)[-1]:
+            last_written.set()
+
+    def slow_disk(self, names):
+        held.append(last_written.wait(20))
+        durable(self, names)
+
+    monkeypatch.setattr(GGUFSink, "write", wrote)
+    monkeypatch.setattr(GGUFSink, "make_durable", slow_disk)
+    return held
+
+
+def test_tensors_go_on_while_a_completion_waits_on_the_disk(tmp_path, rng, monkeypatch):
+    """A tensor's completion (``fdatasync``, then its record) runs behind on its own
+    thread: while the disk holds one, the next tensors are computed and written.
+    (A run waited for each tensor's completion before the one after it: a slow
+    ``fdatasync`` stalled the kernels, and the disk and the cores took turns.)"""
+    src = _llama_f32(tmp_path / "in.gguf", rng, n=5, shape=(64, 256))
+    clean = tmp_path / "clean.gguf"
+    assert main(["compress", str(src), str(clean), "--quantize", "q8_0", "-q"]) == 0
+    held = _held_until_the_last_write(monkeypatch)
+    out = tmp_path / "out.gguf"
+    assert main(["compress", str(src), str(out), "--quantize", "q8_0", "-q"]) == 0
+    assert held and all(held), held  # the first completion was held until every tensor was written
+    assert out.read_bytes() == clean.read_bytes()
+
+
+def test_after_a_failed_completion_no_later_tensor_is_recorded(tmp_path, rng, monkeypatch, capsys):
+    """The second tensor's ``fdatasync`` fails once every tensor is written (their
+    completions queued behind it): the run fails in one line, and the journal
+    records the first tensor only, as the error says; a resume makes the same file."""
+    src = _llama_f32(tmp_path / "in.gguf", rng, n=5, shape=(64, 256))
+    clean = tmp_path / "clean.gguf"
+    assert main(["compress", str(src), str(clean), "--quantize", "q8_0", "-q"]) == 0
+    real_sync, syncs = os.fdatasync, []
+
+    def eio_at_the_second(fd):
+        syncs.append(fd)
+        if len(syncs) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        real_sync(fd)
+
+    held = _held_until_the_last_write(monkeypatch)
+    monkeypatch.setattr(os, "fdatasync", eio_at_the_second)
+    out, journal = tmp_path / "out.gguf", tmp_path / ".out.gguf.work.json"
+    assert main(["compress", str(src), str(out), "--quantize", "q8_0", "-q"]) == 1
+    one_line_error(capsys, "Input/output error; nothing after the last complete tensor is marked complete")
+    assert held[0] and len(syncs) == 2  # the completions queued behind the failed one never ran
+    assert [json.loads(line).get("name") for line in journal.read_text().splitlines()] == [
+        None, "blk.0.ffn_up.weight"]
+    monkeypatch.undo()
+    assert main(["compress", str(src), str(out), "--quantize", "q8_0", "--resume", "-q"]) == 0
     assert out.read_bytes() == clean.read_bytes()
 
 

@@ -1,5 +1,5 @@
-"""Block I/O of the engine: read-ahead and write-behind threads, the ring of reused
-read buffers, and the progress bar (counted in bytes read)."""
+"""Block I/O of the engine: read-ahead, write-behind and completion threads, the
+ring of reused read buffers, and the progress bar (counted in bytes read)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ __all__ = ["_IO", "_Progress"]
 
 
 class _IO:
-    """Read-ahead and write-behind threads, and a ring of reused read buffers.
+    """Read-ahead, write-behind and completion threads, and a ring of reused read buffers.
 
     ``WRITES`` writes run at once (on as many threads: each compresses its
     chunks, so two use both cores while the main thread computes); ``write``
@@ -35,6 +35,7 @@ class _IO:
         self.enabled = enabled
         self.reader = ThreadPoolExecutor(1, "sc-read") if enabled else None
         self.writer = ThreadPoolExecutor(self.WRITES, "sc-write") if enabled else None
+        self.syncer = ThreadPoolExecutor(1, "sc-sync") if enabled else None
         self.pending: deque[Future] = deque()  # writes
         self.finishing: deque[Future] = deque()  # after_writes tasks
         self.ring: list[np.ndarray] = []
@@ -109,9 +110,12 @@ class _IO:
         self.pending.append(self.writer.submit(fn, *args))
 
     def after_writes(self, fn, *args) -> Future:
-        """Run ``fn(*args)`` once every write submitted so far is done (on a writer
-        thread: the caller goes on); the future holds its result, or the first
-        error of those writes or of ``fn``."""
+        """Run ``fn(*args)`` once every write submitted so far is done, on the one
+        completion thread (the caller goes on; completions run in the order asked,
+        and a write or ``fn`` that waits on the disk holds no writer thread); the
+        future holds its result, or the first error of those writes or of ``fn``.
+        Once one completion has failed, the later ones do not run (they raise
+        its error): nothing after a failed tensor is recorded complete."""
         if not self.enabled:
             self.flush()
             fut: Future = Future()
@@ -122,13 +126,16 @@ class _IO:
             return fut
         earlier = list(self.pending)
         self.pending.clear()
+        prev = self.finishing[-1] if self.finishing else None
 
         def run():
             for f in earlier:  # submitted before this task: each is running or ahead in the queue
                 f.result()
+            if prev is not None and prev.exception() is not None:  # (done: the one thread ran it first)
+                raise prev.exception()
             return fn(*args)
 
-        fut = self.writer.submit(run)
+        fut = self.syncer.submit(run)
         self.finishing.append(fut)
         return fut
 
@@ -144,7 +151,7 @@ class _IO:
         try:
             self.flush()
         finally:
-            for ex in (self.reader, self.writer):
+            for ex in (self.reader, self.writer, self.syncer):
                 if ex is not None:
                     ex.shutdown(wait=True, cancel_futures=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
@@ -127,13 +128,18 @@ def process_tensor(run: Run, i: int, pipe: TensorPipeline | None, sink, io: _IO,
 
 class LocalExecutor:
     """Runs a :class:`Run` in this process, tensor after tensor in model order
-    (read-ahead and write-behind on two background threads).
+    (read-ahead, write-behind and completion on background threads: a tensor's
+    completion, made durable and then recorded, runs behind while later tensors
+    are computed, up to ``BEHIND`` of them).
 
     An executor does three things for the engine: each global stage's pass
     over every selected tensor (``global_pass``), every tensor not kept from
     an earlier run (``tensors``, yielding ``(index, stats, info)`` in any
     order), and ``close``. See ``streamcompress.distributed.DaskExecutor``.
     """
+
+    #: tensors whose completion (made durable, recorded) may run behind the tensor in hand
+    BEHIND = 16
 
     def __init__(self) -> None:
         self.io: _IO | None = None
@@ -155,19 +161,20 @@ class LocalExecutor:
 
     def tensors(self, run: Run, resumed: dict[int, dict[str, Any]], sink, progress: _Progress):
         io = self._io(run)
-        behind = None
+        behind: deque = deque()
         for i in range(len(run.sources)):
             if i in resumed:  # in model order: global stages carry state from tensor to tensor
                 for state, d in zip(run.states, resumed[i]["stages"]):
                     if state is not None:
                         state.resume_tensor(d)
                 continue
-            stats, info = start_tensor(run, i, run.pipelines[i], sink, io, progress)
-            if behind is not None:  # the previous tensor completes while this one ran
-                yield behind[0], behind[1], behind[2].result()
-            behind = (i, stats, info)
-        if behind is not None:
-            yield behind[0], behind[1], behind[2].result()
+            behind.append((i, *start_tensor(run, i, run.pipelines[i], sink, io, progress)))
+            while behind and (behind[0][2].done() or len(behind) > self.BEHIND):
+                j, stats, info = behind.popleft()
+                yield j, stats, info.result()
+        while behind:
+            j, stats, info = behind.popleft()
+            yield j, stats, info.result()
 
     def close(self) -> None:
         io, self.io = self.io, None  # (once: a second close must not raise the first one's leftovers)

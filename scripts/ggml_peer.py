@@ -149,6 +149,17 @@ def timed(cmd: list[str], then_sync: bool) -> tuple[float, float]:
     return wall, int(out.stderr.strip().splitlines()[-1]) / 1024
 
 
+def compile_bytecode() -> None:
+    """Our modules' bytecode, as ``pip install`` writes it (llama-cpp-python's is;
+    an editable install under ``PYTHONDONTWRITEBYTECODE`` compiles every module
+    from source in every run: 0.2 s of start-up here)."""
+    import compileall
+
+    import streamcompress
+
+    compileall.compile_dir(str(Path(streamcompress.__file__).parent), quiet=1)
+
+
 def speed(size: str, reps: int, work: Path, qtype: str = "q8_0") -> dict:
     """F32 GGUF of about ``size`` to ``qtype`` by both, interleaved ``reps`` pairs:
     median wall seconds, peak RSS, and whether the outputs' tensors are identical."""
@@ -163,9 +174,12 @@ def speed(size: str, reps: int, work: Path, qtype: str = "q8_0") -> dict:
         make_llama(big, hidden=hidden, layers=layers, ffn=ffn, vocab=vocab)
     subprocess.run(["cat", str(big)], stdout=subprocess.DEVNULL, check=True)  # (both read from the page cache)
     rows: dict[str, list[tuple[float, float]]] = {"streamcompress": [], "llama.cpp": []}
-    for _ in range(reps):  # interleaved pairs
+    for _ in range(reps):  # interleaved pairs, each starting with no output (deleting one is not timed)
+        (work / "o-ours.gguf").unlink(missing_ok=True)
+        os.sync()
         rows["streamcompress"].append(timed(ours(big, work / "o-ours.gguf", qtype), then_sync=False))
         (work / "o-llama.gguf").unlink(missing_ok=True)
+        os.sync()
         rows["llama.cpp"].append(timed(llama_quantize(big, work / "o-llama.gguf", qtype), then_sync=True))
     same = compare(work / "o-llama.gguf", work / "o-ours.gguf")
     med = {k: (statistics.median(w for w, _ in v), max(m for _, m in v)) for k, v in rows.items()}
@@ -200,6 +214,8 @@ def main() -> None:
         c["logits_max_abs_diff"] = float(np.max(np.abs(la - lb)))
         report[q] = c
         print(q, json.dumps(c))
+    if args.size:
+        compile_bytecode()
     for size in args.size or []:
         report[f"speed {size}"] = speed(size, args.reps, work)
         print(json.dumps(report[f"speed {size}"], indent=2))

@@ -173,6 +173,8 @@ class TensorPipeline:
             for k, r in enumerate(self.runners):
                 got = r.apply_measured(block, x, mask, check) if k == last else None
                 if got is None:
+                    got = r.apply_with_stats(block, x, mask)
+                if got is None:
                     if spare.size < x.size:
                         spare = np.empty(x.size, np.float32)
                     before = spare[: x.size]

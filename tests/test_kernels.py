@@ -231,6 +231,46 @@ def test_diff_stats_sums_in_its_fixed_order(rng, n, special):
         numba.set_num_threads(was)
 
 
+@pytest.mark.parametrize("n", [0, 1, 31, 65536, 65537, 200003])
+@pytest.mark.parametrize("keys_of", ["x", "squares"])
+@pytest.mark.parametrize("ties", ["all", "counted all", "none", "some"])
+def test_a_measured_prune_cut_is_the_cut_then_diff_stats(rng, n, keys_of, ties):
+    """``prune_threshold_measured`` (the cut and the stage's stats in one pass, no
+    copy) gives ``prune_threshold``'s bits (NaN payloads, -0.0 and +0.0 as they
+    are), tie count and mask, and the reference's stats of x before and after,
+    on every tie path, with keys that are x's own bits, on 1 and 2 threads."""
+    import numba
+
+    x = specials(rng, n) if n > 8 else data(rng, n)
+    if n > 8:
+        x.view(np.uint32)[[2, 5]] = [0x7FC01234, 0xFFC00001]  # NaNs with payloads
+        x[rng.integers(0, n, n // 4)] = x[0]  # ties at one key
+    with np.errstate(over="ignore", invalid="ignore"):
+        keys = x.view(np.uint32) if keys_of == "x" else K.square(x).view(np.uint32)
+    thr = int(keys[0] & 0x7FFFFFFF) if n else 0
+    cnt = int(((keys & 0x7FFFFFFF) == thr).sum())
+    left, all_ties = {"all": (cnt, True), "counted all": (cnt, False), "none": (0, False),
+                      "some": (max(cnt // 2, 1), False)}[ties]
+    was = numba.get_num_threads()
+    try:
+        for threads in (1, was):
+            numba.set_num_threads(threads)
+            for want in (False, True):
+                a, b = x.copy(), x.copy()
+                ka = a.view(np.uint32) if keys_of == "x" else keys.copy()
+                kb = b.view(np.uint32) if keys_of == "x" else keys.copy()
+                ma = np.ones(n if want else 0, np.uint8)
+                mb = ma.copy()
+                t_want = K.prune_threshold(b.view(np.uint32), kb, thr, left, mb, want, all_ties=all_ties)
+                t_got, stats = K.prune_threshold_measured(a, ka, thr, left, ma, want, all_ties=all_ties)
+                assert t_got == t_want
+                assert a.view(np.uint32).tobytes() == b.view(np.uint32).tobytes()
+                assert ma.tobytes() == mb.tobytes()
+                assert tuple(stats) == ref_diff_stats(x, b)
+    finally:
+        numba.set_num_threads(was)
+
+
 def test_scores_reference_consistency(rng):
     x = data(rng, 100)
     assert (K.square(x) == element_scores(x, "l2", 0)).all()

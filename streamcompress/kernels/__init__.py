@@ -18,6 +18,7 @@ _WHERE = {
     "cut_below": "elementwise",
     "diff_stats": "elementwise",
     "prune_threshold": "elementwise",
+    "prune_threshold_measured": "elementwise",
     "quantize_int8_sim": "quant",
     "square": "elementwise",
     "zero_nonfinite": "elementwise",

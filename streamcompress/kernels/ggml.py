@@ -26,7 +26,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import JIT, PJIT, TILE
-from .elementwise import diff_tile, fold_tiles
+from .elementwise import diff_tile, fold_tiles, tile_slots
 from .quant import _unit, _unit_bounds
 
 __all__ = ["quantize_units_ggml", "dequantize_units_affine", "pack_ggml_blocks", "q8_0_pass", "f16_round", "POW2"]
@@ -221,11 +221,7 @@ def q8_0_pass(x, xb, qmin, qmax, pow2, out, c_step=34, c_at=2, d_step=34, d_at=0
 
     ``x`` is not changed."""
     n = x.size
-    nt = max((n + TILE - 1) // TILE, 1)
-    nz = np.zeros(nt, dtype=np.int64)
-    sse = np.zeros(nt, dtype=np.float64)
-    mx = np.zeros(nt, dtype=np.float64)
-    sig = np.zeros(nt, dtype=np.float64)
+    nt, nz, sse, mx, sig = tile_slots(n)
     bad = np.zeros(nt, dtype=np.int64)
     top = np.zeros(nt, dtype=np.float32)
     flags = np.zeros(nt, dtype=np.int64)

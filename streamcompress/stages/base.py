@@ -127,6 +127,13 @@ class StageRunner(ABC):
         pipeline's own check of the block is then left to this)."""
         return None
 
+    def apply_with_stats(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> tuple | None:
+        """``apply`` (``x`` changed as it changes it) and the block's stats in one:
+        ``(nonzero, sum_sq_err, max_abs_err, sum_sq_signal)`` as
+        ``kernels.diff_stats(x before, x after)`` gives them; None when this
+        runner does not (nothing done: the pipeline copies, applies and compares)."""
+        return None
+
     def encoding(self, form: str = "zarr") -> Encoding | None:
         """The stored form when this runner is the pipeline's last (None: float32).
         ``form``: ``"zarr"`` (FORMAT.md's arrays) or ``"gguf"`` (ggml blocks)."""

@@ -182,6 +182,15 @@ def score_keys(metric: Metric, seed: int, block: Block, x: np.ndarray) -> np.nda
     return K.square(x).view(np.uint32)
 
 
+def _prune_block(x, keys, threshold, ties_left, local, want_mask, all_ties, measured):
+    """``(ties in the block, its stats or None)``: ``kernels.prune_threshold`` on
+    ``x``, with the stats from the same pass when ``measured``."""
+    args = (keys, np.uint32(threshold), ties_left, local, want_mask)
+    if measured:
+        return K.prune_threshold_measured(x, *args, all_ties=all_ties)
+    return K.prune_threshold(x.view(np.uint32), *args, all_ties=all_ties), None
+
+
 class _UnstructuredRunner(SelectorRunner):
     def __init__(self, cfg: PruningConfig, k: int, n: int) -> None:
         self.cfg = cfg
@@ -207,15 +216,21 @@ class _UnstructuredRunner(SelectorRunner):
         self.ties_seen = int(carried)
 
     def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
+        self._cut(block, x, mask, measured=False)
+
+    def apply_with_stats(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> tuple:
+        return self._cut(block, x, mask, measured=True)
+
+    def _cut(self, block: Block, x: np.ndarray, mask: np.ndarray | None, measured: bool) -> tuple | None:
         keys = score_keys(self.cfg.metric, self.cfg.seed, block, x)
         ties_left = self.k - self.sel.below - self.ties_seen
         local = np.ones(x.size, dtype=np.uint8) if mask is not None else self._empty_mask
-        self.ties_seen += K.prune_threshold(
-            x.view(np.uint32), keys, np.uint32(self.sel.threshold), ties_left, local, mask is not None,
-            all_ties=self.k - self.sel.below >= self.sel.ties,
-        )
+        ties, stats = _prune_block(x, keys, self.sel.threshold, ties_left, local, mask is not None,
+                                   self.k - self.sel.below >= self.sel.ties, measured)
+        self.ties_seen += ties
         if mask is not None:
             mask &= local
+        return stats
 
     def info(self) -> dict[str, Any]:
         return {"pruned_units": self.k, "threshold_bits": self.sel.threshold}
@@ -292,17 +307,24 @@ class _GlobalRunner(StageRunner):
         return self.st.take_partial()
 
     def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
+        self._cut(block, x, mask, measured=False)
+
+    def apply_with_stats(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> tuple | None:
+        return self._cut(block, x, mask, measured=True)
+
+    def _cut(self, block: Block, x: np.ndarray, mask: np.ndarray | None, measured: bool) -> tuple | None:
         if self.st.k == 0:
-            return
+            return None
         keys = score_keys(self.cfg.metric, self.cfg.seed, block, x)
         ties_left = self.st.k - self.st.sel.below - self.base - self.local
         local = np.ones(x.size, dtype=np.uint8) if mask is not None else np.zeros(0, np.uint8)
-        self.local += K.prune_threshold(x.view(np.uint32), keys, np.uint32(self.st.sel.threshold), ties_left,
-                                        local, mask is not None,
-                                        all_ties=self.st.k - self.st.sel.below >= self.st.sel.ties)
+        ties, stats = _prune_block(x, keys, self.st.sel.threshold, ties_left, local, mask is not None,
+                                   self.st.k - self.st.sel.below >= self.st.sel.ties, measured)
+        self.local += ties
         self.st.ties_seen = self.base + self.local
         if mask is not None:
             mask &= local
+        return stats
 
     def info(self) -> dict[str, Any]:
         return {"scope": "global", "model_pruned": self.st.k,

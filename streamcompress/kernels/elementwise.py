@@ -188,15 +188,27 @@ def prune_threshold(x, keys, thr, ties_left, mask, want_mask, all_ties=False):
     """
     if all_ties:  # the caller knows every tie is pruned: count them while cutting
         return _cut_counting(x, keys, np.uint32(thr), mask, want_mask)
-    ties = _tie_counts(keys, np.uint32(thr))
-    total = int(ties.sum())
-    if total <= ties_left:  # every tie here is pruned
-        cut_below(x, keys, np.uint32(thr + 1), mask, want_mask)
-    elif ties_left <= 0:  # every tie here is kept
-        cut_below(x, keys, np.uint32(thr), mask, want_mask)
+    counts, total, lim = _tie_plan(keys, thr, ties_left)
+    if lim is not None:
+        cut_below(x, keys, lim, mask, want_mask)
     else:
-        _cut_ranked(x, keys, np.uint32(thr), ties_left, ties, mask, want_mask)
+        _cut_ranked(x, keys, np.uint32(thr), ties_left, counts, mask, want_mask)
     return total
+
+
+def _tie_plan(keys, thr, ties_left):
+    """``(ties per tile, ties in the block, lim)`` for a cut at ``thr`` that prunes
+    ``ties_left`` more ties: keys below ``lim`` are cut when every tie here is
+    pruned (``thr + 1``) or every one kept (``thr``); ``lim`` is None when the
+    block holds the cut-off tie (its ties ranked one by one)."""
+    thr = np.uint32(thr)
+    counts = _tie_counts(keys, thr)
+    total = int(counts.sum())
+    if total <= ties_left:  # every tie here is pruned
+        return counts, total, np.uint32(thr + 1)
+    if ties_left <= 0:  # every tie here is kept
+        return counts, total, thr
+    return counts, total, None
 
 
 @numba.njit(**PJIT)
@@ -245,10 +257,9 @@ def prune_threshold_measured(x, keys, thr, ties_left, mask, want_mask, all_ties=
     if all_ties:
         ties, *st = _cut_measured(x, keys, np.uint32(thr + 1), thr, mask, want_mask)
         return int(ties), tuple(st)
-    counts = _tie_counts(keys, thr)
-    total = int(counts.sum())
-    if total <= ties_left or ties_left <= 0:  # (as prune_threshold: every tie pruned, or every one kept)
-        _, *st = _cut_measured(x, keys, np.uint32(thr + 1) if total <= ties_left else thr, thr, mask, want_mask)
+    counts, total, lim = _tie_plan(keys, thr, ties_left)
+    if lim is not None:
+        _, *st = _cut_measured(x, keys, lim, thr, mask, want_mask)
         return total, tuple(st)
     before = x.copy()
     _cut_ranked(x.view(np.uint32), keys, thr, ties_left, counts, mask, want_mask)

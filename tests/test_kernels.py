@@ -271,6 +271,44 @@ def test_a_measured_prune_cut_is_the_cut_then_diff_stats(rng, n, keys_of, ties):
         numba.set_num_threads(was)
 
 
+@pytest.mark.parametrize("n, L, g, start", [(0, 8, 8, 0), (5, 5, 5, 0), (65536, 4096, 4096, 0),
+                                              (200003, 200003, 200003, 0), (131072 + 96, 5632, 32, 5632 * 3),
+                                              (100000, 1000, 64, 37), (65537, 3, 2, 1)])
+@pytest.mark.parametrize("kind", ["symmetric, divide", "asymmetric", "symmetric, inverse"])
+def test_measured_quantize_is_the_inplace_kernel_then_diff_stats(rng, n, L, g, start, kind):
+    """``quantize_units_measured`` (codes and the stage's stats in one pass, ``x``
+    left as it was) gives ``quantize_units``' codes and the reference's stats of
+    x and its dequantized values, for units that cross tiles and start
+    mid-unit, zero scales, zero points, NaN/inf and -0.0, on 1 and 2 threads."""
+    import numba
+
+    x = specials(rng, n) if n > 8 else data(rng, n)
+    if n > 8:
+        x.view(np.uint32)[[2, 5]] = [0x7FC01234, 0xFFC00001]  # NaNs with payloads
+    k = K.unit_range(start, n, L, g)[1] if n else 1
+    scales = np.abs(rng.standard_normal(k)).astype(np.float32) / 50
+    scales[:: 3] = 0  # (a unit of scale 0: every code the zero point)
+    inv = np.where(scales != 0, 1 / np.where(scales != 0, scales, 1), 0).astype(np.float32)
+    zps = (rng.integers(-20, 20, k) if kind == "asymmetric" else np.zeros(k)).astype(np.int8)
+    qmin, qmax = (-128, 127) if kind == "asymmetric" else (-127, 127)
+    use_inv = kind == "symmetric, inverse"
+    was = numba.get_num_threads()
+    try:
+        for threads in (1, was):
+            numba.set_num_threads(threads)
+            a, b = x.copy(), x.copy()
+            ca, cb = np.empty(n, np.int8), np.empty(n, np.int8)
+            with np.errstate(all="ignore"):
+                K.quantize_units(b, start, L, g, scales, inv, zps, qmin, qmax, use_inv, cb)
+                stats = K.quantize_units_measured(a, start, L, g, scales, inv, zps, qmin, qmax, use_inv, ca)
+                want = ref_diff_stats(x, b)
+            assert a.view(np.uint32).tobytes() == x.view(np.uint32).tobytes()  # (x as it was)
+            assert ca.tobytes() == cb.tobytes()
+            assert tuple(stats) == want
+    finally:
+        numba.set_num_threads(was)
+
+
 def test_scores_reference_consistency(rng):
     x = data(rng, 100)
     assert (K.square(x) == element_scores(x, "l2", 0)).all()

@@ -42,6 +42,7 @@ _WHERE = {
     "dequantize_units_fp8": "fp8",
     "pack_nibbles": "quant",
     "quantize_units": "quant",
+    "quantize_units_measured": "quant",
     "unit_absmax": "quant",
     "unit_minmax": "quant",
     "unit_range": "quant",

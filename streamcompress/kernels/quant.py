@@ -14,9 +14,10 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._jit import JIT, PJIT
+from ._jit import JIT, PJIT, TILE
+from .elementwise import diff_tile, fold_tiles, tile_slots
 
-__all__ = ["unit_range", "tile_of_units", "unit_absmax", "unit_minmax", "quantize_units", "quantize_int8_sim", "dequantize_units",
+__all__ = ["unit_range", "tile_of_units", "unit_absmax", "unit_minmax", "quantize_units", "quantize_units_measured", "quantize_int8_sim", "dequantize_units",
            "pack_nibbles", "unpack_nibbles"]
 
 
@@ -110,6 +111,56 @@ def unit_minmax(x: np.ndarray, start: int, L: int, g: int) -> tuple[np.ndarray, 
     return mn, mx
 
 
+@numba.njit(**JIT)
+def _int_code(v, s, iv, z, lo_q, hi_q, use_inv):
+    """The code of ``v`` in a unit of scale ``s`` (``iv``: its inverse) and zero point ``z``."""
+    tq = np.float32(v * iv) if use_inv else np.float32(v / s)
+    a = abs(tq)
+    r = np.float32(np.trunc(a))
+    r = r + np.float32(1.0) if a - r >= np.float32(0.5) else r
+    r = -r if tq < 0 else r
+    r = np.float32(0.0) if r != r else r  # NaN (nonfinite='keep'): the seed's 0
+    return min(max(r + z, lo_q), hi_q)  # (+ z also turns -0.0 into +0.0)
+
+
+@numba.njit(**JIT)
+def _quantize_run(xs, ds, cs, s, z, iv, lo_q, hi_q, use_inv, inplace):
+    """One run of a unit: codes of ``xs`` in ``cs``, their values in ``xs``
+    itself (``inplace``) or in ``ds`` (a buffer of the same size). (Two loops:
+    one loop storing through either view does not vectorize.)"""
+    if s == 0:
+        q0 = min(max(z, lo_q), hi_q)
+        for m in range(xs.size):
+            cs[m] = np.int8(q0)
+            ds[m] = np.float32(np.float32(q0 - z) * s)
+    elif inplace:
+        for m in range(xs.size):
+            q = _int_code(xs[m], s, iv, z, lo_q, hi_q, use_inv)
+            cs[m] = np.int8(q)
+            xs[m] = np.float32(np.float32(q - z) * s)
+    else:
+        for m in range(xs.size):
+            q = _int_code(xs[m], s, iv, z, lo_q, hi_q, use_inv)
+            cs[m] = np.int8(q)
+            ds[m] = np.float32(np.float32(q - z) * s)
+
+
+@numba.njit(**JIT)
+def _quantize_tile(x, start, L, g, G, u0, scales, inv, zps, lo_q, hi_q, use_inv, codes, i, end, out, o, inplace):
+    """Elements ``i .. end`` of the block (one tile) quantized run by run of a
+    unit: codes into ``codes``, values into ``x`` itself (``inplace``; ``out``
+    is then ``x`` and ``o`` is ``i``) or into ``out`` from ``out[o]`` on."""
+    while i < end:
+        f = start + i
+        col = f % L
+        j = (f // L) * G + col // g - u0
+        seg = min(end, i + min((col // g + 1) * g, L) - col)
+        _quantize_run(x[i:seg], out[o:o + seg - i], codes[i:seg], scales[j], np.float32(zps[j]), inv[j],
+                      lo_q, hi_q, use_inv, inplace)
+        o += seg - i
+        i = seg
+
+
 @numba.njit(**PJIT)
 def quantize_units(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes):
     """Codes of the block, in ``codes`` (int8: every scheme's codes fit; same size as ``x``); ``x`` becomes
@@ -130,40 +181,31 @@ def quantize_units(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes)
     G = (L + g - 1) // g
     u0 = _unit(start, L, g, G)
     n = x.size
-    nt = (n + 65535) // 65536
-    lo_q = np.float32(qmin)
-    hi_q = np.float32(qmax)
+    nt = (n + TILE - 1) // TILE
     for t in prange(nt):
-        i = t * 65536
-        end = min(n, i + 65536)
-        while i < end:
-            f = start + i
-            col = f % L
-            j = (f // L) * G + col // g - u0
-            seg = min(end, i + min((col // g + 1) * g, L) - col)
-            s = scales[j]
-            z = np.float32(zps[j])
-            xs = x[i:seg]
-            cs = codes[i:seg]
-            if s == 0:
-                q0 = min(max(z, lo_q), hi_q)
-                for m in range(seg - i):
-                    cs[m] = np.int8(q0)
-                    xs[m] = np.float32(np.float32(q0 - z) * s)
-            else:
-                iv = inv[j]
-                for m in range(seg - i):
-                    v = xs[m]
-                    tq = np.float32(v * iv) if use_inv else np.float32(v / s)
-                    a = abs(tq)
-                    r = np.float32(np.trunc(a))
-                    r = r + np.float32(1.0) if a - r >= np.float32(0.5) else r
-                    r = -r if tq < 0 else r
-                    r = np.float32(0.0) if r != r else r  # NaN (nonfinite='keep'): the seed's 0
-                    q = min(max(r + z, lo_q), hi_q)  # (+ z also turns -0.0 into +0.0)
-                    cs[m] = np.int8(q)
-                    xs[m] = np.float32(np.float32(q - z) * s)
-            i = seg
+        i = t * TILE
+        _quantize_tile(x, start, L, g, G, u0, scales, inv, zps, np.float32(qmin), np.float32(qmax), use_inv,
+                       codes, i, min(n, i + TILE), x, i, True)
+
+
+@numba.njit(**PJIT)
+def quantize_units_measured(x, start, L, g, scales, inv, zps, qmin, qmax, use_inv, codes):
+    """:func:`quantize_units`' codes, ``x`` left as it is, with the block's stats
+    as ``diff_stats(x, dequantized)`` gives them (the same tiles, sums and
+    order): each tile's values go to a tile buffer, compared with the tile by
+    ``diff_tile``. Returns ``(nonzero, sum_sq_err, max_abs_err, sum_sq_signal)``."""
+    G = (L + g - 1) // g
+    u0 = _unit(start, L, g, G)
+    n = x.size
+    nt, nz, sse, mx, sig = tile_slots(n)
+    for t in prange(nt):
+        i = t * TILE
+        end = min(n, i + TILE)
+        deq = np.empty(end - i, np.float32)
+        _quantize_tile(x, start, L, g, G, u0, scales, inv, zps, np.float32(qmin), np.float32(qmax), use_inv,
+                       codes, i, end, deq, 0, False)
+        nz[t], sse[t], mx[t], sig[t] = diff_tile(deq, x[i:end])
+    return fold_tiles(nz, sse, mx, sig)
 
 
 def quantize_int8_sim(x: np.ndarray, scale: np.float32) -> None:

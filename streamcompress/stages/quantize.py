@@ -360,19 +360,22 @@ class _SchemeRunner(StageRunner):
         return (mx * p).astype(np.float32), None if mn is None else (mn * p).astype(np.float32)
 
     # -- apply -----------------------------------------------------------------
-    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
-        u0, k = K.unit_range(block.start, x.size, self.L, self.g)
+    def _scales(self, block: Block, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The block's units' ``(scales, inverses, zero points)``."""
         if self.local:
             mx, mn = self._block_stats(block, x)
             self._amax = max(self._amax, float(np.max(np.maximum(mx, -mn if mn is not None else mx))))
             if self.observer == "mse":
                 mx, mn = self._shrunk(block, x, mx, mn)
-            used, inv, zp = self.s.scales_from_stats(mx, mn, self.meta.name)
-        else:
-            at = self.s.unit_scales(self.meta.shape, u0, k)
-            used, inv, zp = (a[at] for a in self._glob)
+            return self.s.scales_from_stats(mx, mn, self.meta.name)
+        u0, k = K.unit_range(block.start, x.size, self.L, self.g)
+        at = self.s.unit_scales(self.meta.shape, u0, k)
+        return tuple(a[at] for a in self._glob)
+
+    def apply(self, block: Block, x: np.ndarray, mask: np.ndarray | None) -> None:
+        used, inv, zp = self._scales(block, x)
         if self.s.ggml and self.s.name != "q8_0":
-            codes, used, zp = self._ggml(x, block.start, k)
+            codes, used, zp = self._ggml(x, block.start, K.unit_range(block.start, x.size, self.L, self.g)[1])
         elif self.s.is_float:  # float8 E4M3 bit patterns
             codes = np.empty(x.size, dtype=np.uint8)
             K.quantize_units_fp8(x, block.start, self.L, self.g, used, _e4m3(), codes)
@@ -440,7 +443,7 @@ class _SchemeRunner(StageRunner):
         statistic, ``apply``, packing and ``diff_stats`` steps (tested). Into a
         GGUF the bytes are ggml's blocks; into a store, the codes then the scales."""
         if not self._fused:
-            return None
+            return self._int_measured(block, x)
         n = x.size
         out = np.empty(n // 32 * 34, np.uint8)
         lay = () if self._gguf_blocks else (32, 0, 2, n)
@@ -458,6 +461,19 @@ class _SchemeRunner(StageRunner):
         else:
             self._last = (block, out[:n].view(np.int8), out[n:].view(np.float16).astype(np.float32), None)
         return nz, sse, mx, sig
+
+    def _int_measured(self, block: Block, x: np.ndarray) -> tuple | None:
+        """Stored integer codes (not ggml's other kinds, not float8): the codes of
+        ``apply`` and the block's stats from one kernel
+        (``kernels.quantize_units_measured``), ``x`` left as it was."""
+        if not self.real or self.s.is_float or (self.s.ggml and self.s.name != "q8_0"):
+            return None
+        used, inv, zp = self._scales(block, x)
+        codes = np.empty(x.size, dtype=np.int8)
+        got = K.quantize_units_measured(x, block.start, self.L, self.g, used, inv, zp, self.s.qmin, self.s.qmax,
+                                        self.s.reciprocal, codes)
+        self._last = (block, codes, used, zp)
+        return got
 
     #: whether ``apply_measured`` lays its bytes out as a GGUF's blocks (set by ``encoding``)
     _gguf_blocks = False

@@ -11,9 +11,13 @@ For a llama-architecture F32 GGUF made with gguf-py:
 3. **Speed** (``--size``): the same F32 GGUF quantized to Q8_0 by both, in
    interleaved pairs, each ending with its output on disk (ours fsyncs; llama.cpp's
    run is followed by ``sync``); median wall time and peak RSS of each process.
+   With ``--store``, each pair is a triple: ours also quantizes the same
+   weights from a float32 safetensors file into a Zarr store (``--codec none``,
+   as llama.cpp writes its blocks uncompressed).
 
     python scripts/ggml_peer.py                      # 1 and 2, for q8_0 and q4_0
     python scripts/ggml_peer.py --size 1GB 4GB --reps 3  # and 3
+    python scripts/ggml_peer.py --size 1GB 4GB --reps 3 --store
 
 ``scripts/bench.py --gguf-peer`` runs 3 beside its own benchmark.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -105,9 +110,28 @@ def llama_quantize(src: Path, dst: Path, qtype: str) -> list[str]:
     return [sys.executable, "-c", _LLAMA_QUANTIZE, str(src), str(dst), qtype]
 
 
-def ours(src: Path, dst: Path, qtype: str) -> list[str]:
+def ours(src: Path, dst: Path, qtype: str, *flags: str) -> list[str]:
     return [sys.executable, "-m", "streamcompress", "compress", str(src), str(dst), "--quantize", qtype, "-q",
-            "--overwrite"]
+            "--overwrite", *flags]
+
+
+def as_safetensors(src: Path, dst: Path) -> None:
+    """The F32 GGUF's tensors (names and row-major shapes as gguf-py reads them)
+    as one float32 safetensors file, copied tensor by tensor."""
+    import gguf
+
+    ts = gguf.GGUFReader(str(src)).tensors
+    header, off = {}, 0
+    for t in ts:
+        n = int(np.asarray(t.data).nbytes)
+        header[t.name] = {"dtype": "F32", "shape": list(np.asarray(t.data).shape), "data_offsets": [off, off + n]}
+        off += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(dst, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for t in ts:
+            f.write(np.ascontiguousarray(t.data, dtype=np.float32).tobytes())
 
 
 def compare(a: Path, b: Path) -> dict:
@@ -160,9 +184,10 @@ def compile_bytecode() -> None:
     compileall.compile_dir(str(Path(streamcompress.__file__).parent), quiet=1)
 
 
-def speed(size: str, reps: int, work: Path, qtype: str = "q8_0") -> dict:
+def speed(size: str, reps: int, work: Path, qtype: str = "q8_0", store: bool = False) -> dict:
     """F32 GGUF of about ``size`` to ``qtype`` by both, interleaved ``reps`` pairs:
-    median wall seconds, peak RSS, and whether the outputs' tensors are identical."""
+    median wall seconds, peak RSS, and whether the outputs' tensors are identical.
+    ``store``: ours also from the same weights as safetensors into a Zarr store."""
     from streamcompress.engine import parse_size
 
     target = parse_size(size)
@@ -172,24 +197,41 @@ def speed(size: str, reps: int, work: Path, qtype: str = "q8_0") -> dict:
     big = work / f"big-f32-{size}.gguf"
     if not big.exists():
         make_llama(big, hidden=hidden, layers=layers, ffn=ffn, vocab=vocab)
-    subprocess.run(["cat", str(big)], stdout=subprocess.DEVNULL, check=True)  # (both read from the page cache)
+    st = work / f"big-f32-{size}.safetensors"
+    if store and not st.exists():
+        as_safetensors(big, st)
+    for f in (big, st) if store else (big,):
+        subprocess.run(["cat", str(f)], stdout=subprocess.DEVNULL, check=True)  # (all read from the page cache)
     rows: dict[str, list[tuple[float, float]]] = {"streamcompress": [], "llama.cpp": []}
-    for _ in range(reps):  # interleaved pairs, each starting with no output (deleting one is not timed)
+    if store:
+        rows[STORE] = []
+    for _ in range(reps):  # interleaved, each run starting with no output (deleting one is not timed)
         (work / "o-ours.gguf").unlink(missing_ok=True)
         os.sync()
         rows["streamcompress"].append(timed(ours(big, work / "o-ours.gguf", qtype), then_sync=False))
         (work / "o-llama.gguf").unlink(missing_ok=True)
         os.sync()
         rows["llama.cpp"].append(timed(llama_quantize(big, work / "o-llama.gguf", qtype), then_sync=True))
+        if store:
+            shutil.rmtree(work / "o-ours.zarr", ignore_errors=True)
+            os.sync()
+            rows[STORE].append(timed(ours(st, work / "o-ours.zarr", qtype, "--codec", "none"), then_sync=False))
     same = compare(work / "o-llama.gguf", work / "o-ours.gguf")
     med = {k: (statistics.median(w for w, _ in v), max(m for _, m in v)) for k, v in rows.items()}
     out = {"size": size, "input_bytes": big.stat().st_size, "layers": layers, "type": qtype,
            "median_s": {k: v[0] for k, v in med.items()}, "peak_rss_mib": {k: v[1] for k, v in med.items()},
            "ours_speed_vs_llama_cpp": med["llama.cpp"][0] / med["streamcompress"][0],
            "tensors_identical": not same["tensors_differing"], "keys_differing": same["keys_differing"]}
-    for f in (work / "o-ours.gguf", work / "o-llama.gguf", big):
+    if store:
+        out["ours_store_speed_vs_llama_cpp"] = med["llama.cpp"][0] / med[STORE][0]
+    for f in (work / "o-ours.gguf", work / "o-llama.gguf", big, st):
         f.unlink(missing_ok=True)
+    shutil.rmtree(work / "o-ours.zarr", ignore_errors=True)
     return out
+
+
+#: the row of ``speed(store=True)``'s third command
+STORE = "streamcompress safetensors -> Zarr"
 
 
 def main() -> None:
@@ -197,6 +239,8 @@ def main() -> None:
     ap.add_argument("--types", nargs="+", default=["q8_0", "q4_0"])
     ap.add_argument("--size", nargs="*", default=None, help="also time Q8_0 on models of about these sizes (1GB 4GB)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--store", action="store_true",
+                    help="with --size: also time ours from the same weights as safetensors into a Zarr store")
     ap.add_argument("--dir", default=None, help="working directory (default: a temporary one)")
     args = ap.parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="ggml-peer-"))
@@ -217,7 +261,7 @@ def main() -> None:
     if args.size:
         compile_bytecode()
     for size in args.size or []:
-        report[f"speed {size}"] = speed(size, args.reps, work)
+        report[f"speed {size}"] = speed(size, args.reps, work, store=args.store)
         print(json.dumps(report[f"speed {size}"], indent=2))
     (work / "report.json").write_text(json.dumps(report, indent=2))
 

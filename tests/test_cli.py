@@ -1,6 +1,7 @@
 """The command line: behaviour, exit codes and one-line errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -226,3 +227,31 @@ def test_main_in_process_leaves_the_process_as_it_was(tmp_path, store):
     assert main(["compress", str(src), str(tmp_path / "o"), "--prune", "0.5", "-q"]) == 0
     assert gc.get_freeze_count() == before
     assert sys.modules.get("scipy.linalg.cython_blas", "absent") is not None
+
+
+def test_importing_the_package_loads_no_numpy():
+    """``import streamcompress`` imports none of its modules (each public name
+    loads on first use), so the console command can set up its process before
+    numpy loads; the names are all there."""
+    import subprocess
+
+    code = ("import sys, streamcompress as sc; print('numpy' in sys.modules); "
+            "print(all(getattr(sc, n) is not None for n in sc.__all__)); print('numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]
+
+
+def test_the_console_command_gives_openblas_one_thread_unless_the_user_chose(monkeypatch):
+    """numpy's OpenBLAS threads spin when numpy loads (no kernel here uses BLAS):
+    the console command (``streamcompress.__main__:main``) asks for one thread
+    before anything loads numpy; a user's own setting wins."""
+    import streamcompress.__main__ as entry
+    from streamcompress import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "run", lambda: seen.append(os.environ.get("OPENBLAS_NUM_THREADS")))
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    entry.main()
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    entry.main()
+    assert seen == ["1", "3"]

@@ -233,8 +233,6 @@ def test_importing_the_package_loads_no_numpy():
     """``import streamcompress`` imports none of its modules (each public name
     loads on first use), so the console command can set up its process before
     numpy loads; the names are all there."""
-    import subprocess
-
     code = ("import sys, streamcompress as sc; print('numpy' in sys.modules); "
             "print(all(getattr(sc, n) is not None for n in sc.__all__)); print('numpy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -441,7 +441,8 @@ class _SchemeRunner(StageRunner):
         scales, its stats and its count of NaN/inf from one kernel
         (``kernels.q8_0_pass``): the same codes, scales, stats and errors as the
         statistic, ``apply``, packing and ``diff_stats`` steps (tested). Into a
-        GGUF the bytes are ggml's blocks; into a store, the codes then the scales."""
+        GGUF the bytes are ggml's blocks; into a store, the codes then the scales.
+        Other stored integer schemes: :meth:`_int_measured`."""
         if not self._fused:
             return self._int_measured(block, x)
         n = x.size

@@ -68,10 +68,13 @@ def _step(shape: tuple[int, ...], d: int, max_elems: int, align: tuple[int, ...]
     if step < shape[d]:
         m = multiple if d == len(shape) - 1 else 1
         c = math.lcm(align[d] if align is not None else 1, m)
-        if step >= c:
-            step = step // c * c
-        else:
-            step = max(m, step // m * m)
+        unit = c if step >= c else m
+        step = max(unit, step // unit * unit)
+        # As many blocks as that step makes, but as even as ``unit`` allows: the
+        # last block (an output's edge chunk, stored padded to a whole chunk) is
+        # not left nearly empty (2048 rows in steps of 1638 stored 3276 rows).
+        n = -(-shape[d] // step)
+        step = -(-(-(-shape[d] // n)) // unit) * unit
     return step
 
 
@@ -83,7 +86,9 @@ def plan_blocks(
     The block holds full trailing axes after a split axis ``d`` (the first
     axis whose trailing product fits), a range along ``d`` rounded down to a
     multiple of ``align[d]`` (the chunk shape) when at least one chunk fits,
-    and single indices before ``d``. A single trailing row larger than the
+    and single indices before ``d``; the blocks that step makes are then made
+    as even as that multiple allows (so an edge block, an output's padded edge
+    chunk, is not left nearly empty). A single trailing row larger than the
     budget is still one block (the budget is then exceeded by that row). When
     ``d`` is the last axis, block lengths are multiples of ``multiple`` (e.g.
     a quantization group), so no group straddles two blocks.

@@ -155,6 +155,44 @@ def test_block_plan_covers_flat_order_once():
         assert all(b.size <= max(budget, inner) for b in blocks)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=3), st.integers(1, 400),
+       st.integers(1, 8), st.sampled_from([1, 2, 4, 32]))
+def test_block_plan_is_even_within_the_budget(shape, budget, chunk, multiple):
+    """The blocks along the split axis are as many as the budget needs and as even
+    as the chunk (or group) multiple allows, so an output's edge chunk, stored
+    padded to a whole chunk, holds less than one multiple per block of padding."""
+    shape = tuple(shape)
+    align = (chunk,) * len(shape)
+    blocks = plan_blocks(shape, budget, align, multiple)
+    idx = np.arange(math.prod(shape)).reshape(shape)
+    assert (np.concatenate([idx[b.region].reshape(-1) for b in blocks]) == np.arange(idx.size)).all()
+    d = next((i for i in range(len(shape)) if math.prod(shape[i + 1:]) <= budget), len(shape) - 1)
+    lengths = [b.shape[d] for b in blocks if b.region[:d] == blocks[0].region[:d]]
+    inner = math.prod(shape[d + 1:])
+    fit = max(1, min(shape[d], budget // inner))
+    if len(lengths) == 1:
+        return
+    m = multiple if d == len(shape) - 1 else 1
+    c = math.lcm(chunk, m)
+    unit = c if fit >= c else m
+    floor = max(unit, fit // unit * unit)  # the longest step the budget allows
+    assert len(lengths) == -(-shape[d] // floor)
+    assert all(n % unit == 0 for n in lengths[:-1]) and max(lengths) <= floor
+    assert max(lengths) * len(lengths) - shape[d] < len(lengths) * unit
+
+
+def test_a_store_pads_its_edge_chunks_by_less_than_a_row_per_block(tmp_path):
+    """2048 rows in blocks of at most 1638 rows: two chunks of 1024 rows, not a
+    second chunk of 1638 rows that holds 410 (the store was 60% padding)."""
+    w = np.random.default_rng(0).standard_normal((2048, 64)).astype(np.float32)
+    sc.compress_model({"w": w}, sc.CompressionConfig((sc.Quantize(sc.parse_scheme("q8_0")),)),
+                      output=tmp_path / "o.zarr", options=sc.EngineOptions(block_elems=1638 * 64))
+    g = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
+    assert g["w"].chunks == (1024, 64) and g["w_scale"].chunks == (1024, 2)
+    assert g["w"].nbytes_stored() < w.size + 4096  # int8 codes, crc32c and metadata: no padded rows
+
+
 tensors_st = st.lists(
     st.tuples(
         st.lists(st.integers(1, 9), min_size=1, max_size=3),

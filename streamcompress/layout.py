@@ -61,6 +61,10 @@ def _split_axis(shape: tuple[int, ...], max_elems: int) -> int:
     return d
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _step(shape: tuple[int, ...], d: int, max_elems: int, align: tuple[int, ...] | None,
           multiple: int) -> int:
     inner = math.prod(shape[d + 1 :])
@@ -73,8 +77,8 @@ def _step(shape: tuple[int, ...], d: int, max_elems: int, align: tuple[int, ...]
         # As many blocks as that step makes, but as even as ``unit`` allows: the
         # last block (an output's edge chunk, stored padded to a whole chunk) is
         # not left nearly empty (2048 rows in steps of 1638 stored 3276 rows).
-        n = -(-shape[d] // step)
-        step = -(-(-(-shape[d] // n)) // unit) * unit
+        n = _ceil_div(shape[d], step)
+        step = _ceil_div(_ceil_div(shape[d], n), unit) * unit
     return step
 
 

@@ -146,6 +146,48 @@ def test_sink_writes_the_chunk_files_zarr_writes(tmp_path, codec, dtype, shape, 
     assert back.dtype == data.dtype and (back.view(np.uint8) == data.view(np.uint8)).all()
 
 
+@pytest.mark.parametrize("codec", ["zstd", "none"])
+def test_sink_writes_the_metadata_zarr_writes_and_asks_zarr_once_per_dtype(tmp_path, codec, monkeypatch):
+    """Arrays after the first of their data type are made, completed (their
+    attributes updated) and sized directly: every ``zarr.json`` byte for byte the
+    one zarr writes, and zarr's own create, update and size are not called."""
+    from streamcompress.formats.zarr import ZarrSink
+
+    arrays = [("a", (10, 6), (4, 6), "int8"), ("b", (9, 5, 4), (4, 5, 2), "float32"),
+              ("c", (7, 3), (7, 3), "int8"), ("d", (5,), (5,), "float32"), ("e", (), (), "float32"),
+              ("f", (), (), "float32"), ("g", (300, 2), (100, 2), "float16"), ("h", (3, 2), (2, 2), "float16")]
+    info = {"complete": True, "stored_bytes": 12, "x": [1.5, float("nan")], "s": "\u00e9"}
+    ref = ZarrSink(tmp_path / "ref.zarr", codec=codec)
+    for name, shape, chunks, dtype in arrays:
+        ref.group.create_array(name, shape=shape, chunks=chunks if shape else (), dtype=dtype,
+                               compressors=ref._compressors(), fill_value=0, attributes={"k": name},
+                               config=ref.CONFIG)
+        ref.group[name].attrs.update({"streamcompress": info})
+    from zarr.core.attributes import Attributes
+
+    creates = []
+    real_create, real_size = zarr.Group.create_array, zarr.Array.nbytes_stored
+    monkeypatch.setattr(zarr.Group, "create_array",
+                        lambda self, name, **k: creates.append(name) or real_create(self, name, **k))
+    monkeypatch.setattr(zarr.Array, "nbytes_stored", lambda self: pytest.fail("zarr's size"))
+    monkeypatch.setattr(Attributes, "update", lambda *a: pytest.fail("zarr's update"))
+    sink = ZarrSink(tmp_path / "o.zarr", codec=codec)
+    for name, shape, chunks, dtype in arrays:
+        sink.create(name, shape, chunks, dtype, {"k": name})
+        sink.write(name, tuple(slice(0, n) for n in shape), np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape))
+        assert sink.stored_bytes(name) == real_size(zarr.open_array(str(tmp_path / "o.zarr" / name), mode="r"))
+        sink.update_attrs(name, {"streamcompress": info})
+    assert creates == ["a", "b", "e", "g"]  # the first of each data type (0-d apart)
+    monkeypatch.undo()
+    for name, *_ in arrays:
+        assert (tmp_path / "o.zarr" / name / "zarr.json").read_bytes() == \
+            (tmp_path / "ref.zarr" / name / "zarr.json").read_bytes(), name
+    g = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
+    for name, shape, _, dtype in arrays:
+        assert (g[name][...] == np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape)).all()
+        assert g[name].attrs["streamcompress"]["complete"] is True
+
+
 def test_sink_leaves_other_regions_and_dtypes_to_zarr(tmp_path):
     from streamcompress.formats.zarr import ZarrSink
 

@@ -6,6 +6,7 @@ Only for layouts whose chunk files are simple enough to be sure of
 
 from __future__ import annotations
 
+import json
 import math
 import mmap
 import os
@@ -15,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DirectChunks", "ChunkWriter", "raw_chunk_codecs", "local_root"]
+__all__ = ["DirectChunks", "ChunkWriter", "raw_chunk_codecs", "local_root", "array_like",
+           "update_attributes", "stored_size"]
 
 
 def local_root(array: Any) -> Path | None:
@@ -203,3 +205,81 @@ class ChunkWriter:
             tmp.unlink(missing_ok=True)
             raise
         return True
+
+
+# An array's metadata, written and updated directly. In a run, each of zarr's
+# calls (a create, an attribute update, a size) goes through its event-loop
+# thread while the writer threads hold the GIL: measured 3.7 ms a create and
+# 2.4 ms an update on 4 GB of 156 tensors, against 0.1 ms here.
+
+def _replace_file(path: Path, blob: bytes) -> None:
+    """``path``'s new contents written aside and renamed into place (a reader sees the old or the new)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _document(meta: Any) -> bytes:
+    from zarr.core.buffer import default_buffer_prototype
+
+    return meta.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+
+
+def array_like(template: Any, store_path: Any, directory: Path, shape: tuple, chunks: tuple,
+               attrs: dict[str, Any], config: dict[str, Any]) -> Any | None:
+    """A new array with ``template``'s data type, codecs and fill value and its own
+    shape, chunks and attributes, made in the new ``directory``: its ``zarr.json``
+    is the document zarr writes (byte for byte, tested). Returns the array; None
+    when the template is not a local Zarr v3 array or the directory exists (zarr
+    makes it: an existing array's files must go first)."""
+    if local_root(template) is None or os.path.lexists(directory):
+        return None
+    try:
+        from zarr import Array
+        from zarr.core.array import AsyncArray
+
+        doc = template.metadata.to_dict()
+        if doc.get("zarr_format") != 3:
+            return None
+        doc.update(shape=list(shape), attributes=dict(attrs),
+                   chunk_grid={"name": "regular", "configuration": {"chunk_shape": list(chunks)}})
+        array = Array(AsyncArray(doc, store_path, config))
+        blob = _document(array.metadata)
+    except Exception:  # noqa: BLE001 - anything unexpected: zarr makes it
+        return None
+    directory.mkdir()
+    _replace_file(directory / "zarr.json", blob)
+    return array
+
+
+def update_attributes(directory: Path, attrs: dict[str, Any]) -> bool:
+    """Merge ``attrs`` into the attributes of the local Zarr v3 array in ``directory``,
+    as zarr's ``attrs.update`` does (the same document, byte for byte, tested).
+    False when it is not one (zarr updates it)."""
+    path = directory / "zarr.json"
+    try:
+        doc = json.loads(path.read_bytes())
+        if doc.get("zarr_format") != 3 or doc.get("node_type") != "array":
+            return False
+        from zarr.core.metadata.v3 import ArrayV3Metadata
+
+        doc["attributes"] = {**doc.get("attributes", {}), **attrs}
+        blob = _document(ArrayV3Metadata.from_dict(doc))
+    except (OSError, ValueError, TypeError):
+        return False
+    _replace_file(path, blob)
+    return True
+
+
+def stored_size(directory: Path) -> int:
+    """Bytes of every file under ``directory`` (zarr's ``nbytes_stored`` of a local array)."""
+    total = 0
+    for root, _, files in os.walk(directory):
+        for f in files:
+            total += os.stat(os.path.join(root, f)).st_size
+    return total

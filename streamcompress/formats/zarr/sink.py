@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from ...errors import InvalidStore, OutputError, OutputExists
 from ...safety import RUN_ATTR, aside, fsync, remove_output
 from ..base import AUX_DIR
 from ..sidecar import copy_aux
-from .direct import ChunkWriter
+from .direct import ChunkWriter, array_like, stored_size, update_attributes
 from .reader import open_group
 
 __all__ = ["ZarrSink"]
@@ -36,6 +36,7 @@ class ZarrSink:
         self.codec = codec
         self.arrays: dict[str, Any] = {}
         self.writers: dict[str, ChunkWriter | bool] = {}  # found on first write
+        self.templates: dict[tuple[str, bool], Any] = {}  # (dtype, ndim > 0) -> an array made by zarr
         self.resumed = False
         if resume and p.exists():
             try:
@@ -66,7 +67,7 @@ class ZarrSink:
         """The sink of a run started elsewhere (a Dask worker writing its share)."""
         self = cls.__new__(cls)
         self.path, self.codec, self.arrays, self.resumed = Path(path), codec, {}, False
-        self.writers = {}
+        self.writers, self.templates = {}, {}
         try:
             self.group = open_group(self.path, "r+")
         except Exception as e:  # noqa: BLE001
@@ -105,11 +106,29 @@ class ZarrSink:
 
         return ([] if self.codec == "none" else [ZstdCodec(level=1)]) + [Crc32cCodec()]
 
+    #: every array's config (zarr writes only what ChunkWriter does not: 0-d arrays, odd regions)
+    CONFIG: ClassVar[dict[str, bool]] = {"write_empty_chunks": True}
+
     def create(self, name: str, shape, chunks, dtype, attrs: dict[str, Any]) -> None:
-        self.arrays[name] = self.group.create_array(
-            name, shape=tuple(shape), chunks=tuple(chunks) if shape else (), dtype=dtype,
+        """A new array ``name``; made by zarr once per data type, then like that one, directly."""
+        shape, chunks = tuple(shape), tuple(chunks) if shape else ()
+        key = (np.dtype(dtype).str, len(shape) > 0)
+        like = self.templates.get(key)
+        if like is not None and "/" not in name:
+            try:
+                a = array_like(like, self.group.store_path / name, self.path / name, shape, chunks, attrs,
+                               self.CONFIG)
+            except OSError as e:
+                raise OutputError(name, e) from None
+            if a is not None:
+                self.arrays[name] = a
+                return
+        self.arrays[name] = a = self.group.create_array(
+            name, shape=shape, chunks=chunks, dtype=dtype,
             compressors=self._compressors(), fill_value=0, attributes=attrs,
-            config={"write_empty_chunks": True}, overwrite=True)
+            config=self.CONFIG, overwrite=True)
+        if "/" not in name:
+            self.templates[key] = a
 
     def _array(self, name: str):
         a = self.arrays.get(name)
@@ -130,12 +149,13 @@ class ZarrSink:
     def update_attrs(self, name: str, attrs: dict[str, Any]) -> None:
         # Written last: an array is complete only once this attribute exists.
         try:
-            self._array(name).attrs.update(attrs)
+            if not update_attributes(self.path / name, attrs):
+                self._array(name).attrs.update(attrs)
         except OSError as e:
             raise OutputError(name, e) from None
 
     def stored_bytes(self, name: str) -> int:
-        return int(self._array(name).nbytes_stored())
+        return stored_size(self.path / name)
 
     def copy_aux(self, src: Any) -> None:
         """The non-tensor files of the input ``src`` (config, tokenizer, a GGUF's key/values) into ``__aux__``."""

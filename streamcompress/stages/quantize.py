@@ -460,7 +460,7 @@ class _SchemeRunner(StageRunner):
         if self._gguf_blocks:
             self._last = (block, out)
         else:
-            self._last = (block, out[:n].view(np.int8), out[n:].view(np.float16).astype(np.float32), None)
+            self._last = (block, out[:n].view(np.int8), out[n:].view(np.float16), None)  # (scales as stored)
         return nz, sse, mx, sig
 
     def _int_measured(self, block: Block, x: np.ndarray) -> tuple | None:

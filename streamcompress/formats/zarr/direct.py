@@ -195,33 +195,27 @@ class ChunkWriter:
         if path.parent not in self.made:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.made.add(path.parent)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(blob)
-                f.write(tail)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        _replace_file(path, blob, tail)
         return True
+
+
+def _replace_file(path: Path, *parts: bytes | memoryview) -> None:
+    """``path``'s new contents (``parts``, one after another) written aside and
+    renamed into place, as zarr writes a file: a reader sees the old or the new."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.writelines(parts)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # An array's metadata, written and updated directly. In a run, each of zarr's
 # calls (a create, an attribute update, a size) goes through its event-loop
 # thread while the writer threads hold the GIL: measured 3.7 ms a create and
 # 2.4 ms an update on 4 GB of 156 tensors, against 0.1 ms here.
-
-def _replace_file(path: Path, blob: bytes) -> None:
-    """``path``'s new contents written aside and renamed into place (a reader sees the old or the new)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _document(meta: Any) -> bytes:

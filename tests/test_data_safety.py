@@ -253,6 +253,21 @@ def test_a_missing_input_chunk_is_an_error_not_zeros(tmp_path, model, capsys):
                  "--missing-chunks", "fill"]) == 0
 
 
+def test_a_shard_whose_writer_stopped_midway_is_an_error_not_zeros(tmp_path, rng, capsys):
+    """zarr writes a shard's inner chunks as they come and marks the rest empty in its
+    index: the shard file exists, and zarr reads the rows never written as zeros."""
+    g = zarr.open_group(str(tmp_path / "in.zarr"), mode="w")
+    a = g.create_array("w", shape=(8, 16), chunks=(2, 16), shards=(8, 16), dtype="float32")
+    a[0:4] = rng.standard_normal((4, 16)).astype(np.float32)  # killed before rows 4:8
+    before = tree_hash(tmp_path / "in.zarr")
+    assert main(["compress", str(tmp_path / "in.zarr"), str(tmp_path / "o.zarr"), "--quantize", "int8:channel",
+                 "-q"]) == 1
+    one_line_error(capsys, "tensor 'w' block 0 (flat elements 0..127): inner chunk (2, 0) of shard 'c/0/0'")
+    assert main(["compress", str(tmp_path / "in.zarr"), str(tmp_path / "f.zarr"), "--quantize", "int8:channel",
+                 "-q", "--missing-chunks", "fill"]) == 0
+    assert tree_hash(tmp_path / "in.zarr") == before
+
+
 @pytest.mark.parametrize("array", ["layers.0.w", "layers.0.w_scale", "layers.0.norm"])
 @pytest.mark.parametrize("damage", ["delete", "flip-byte", "truncate"])
 @pytest.mark.parametrize("codec", ["zstd", "none"])

@@ -216,3 +216,53 @@ def test_sweeps_of_raw_stores_never_go_through_zarr_reads(tmp_path, monkeypatch)
                           options=sc.EngineOptions(block_elems=3 * 16))  # 3-row blocks: some straddle 8-row chunks
     out = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["t"][...]
     assert (out.view(np.uint32) == np.asarray(expect).view(np.uint32)).all() and r.total_nonzero > 0
+
+
+@pytest.mark.parametrize("location", ["start", "end"])
+@pytest.mark.parametrize("crc", [True, False])
+def test_a_missing_inner_chunk_of_a_shard_is_an_error_unless_fill_is_asked(tmp_path, location, crc, rng):
+    """A shard holds the inner chunks its writer got to (zarr marks the others
+    empty in the shard's index, and reads them as the fill value): a region
+    touching one that is not stored is a MissingChunk, whichever way the index is
+    laid out; regions of stored chunks read as written."""
+    from zarr.codecs import BytesCodec, ShardingCodec
+
+    from streamcompress.formats.zarr.reader import read_region
+
+    kw = {} if crc else {"index_codecs": [BytesCodec()]}
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    a = g.create_array("t", shape=(10, 6), chunks=(4, 6), dtype="float32", compressors=None, fill_value=0.0,
+                       serializer=ShardingCodec(chunk_shape=(2, 3), index_location=location, **kw))
+    data = rng.standard_normal((10, 6)).astype(np.float32)
+    stored = rng.random((5, 2)) < 0.6  # which inner chunks the writer got to
+    stored[[0, 2, 4], 0] = True  # each shard file exists: only its index tells
+    stored[4, 1] = False
+    for i, j in zip(*np.nonzero(stored)):
+        a[2 * i:2 * i + 2, 3 * j:3 * j + 3] = data[2 * i:2 * i + 2, 3 * j:3 * j + 3]
+    a = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["t"]
+    for _ in range(40):
+        r0, c0 = int(rng.integers(0, 10)), int(rng.integers(0, 6))
+        r1, c1 = int(rng.integers(r0 + 1, 11)), int(rng.integers(c0 + 1, 7))
+        region = (slice(r0, r1), slice(c0, c1))
+        touched = stored[r0 // 2:(r1 - 1) // 2 + 1, c0 // 3:(c1 - 1) // 3 + 1]
+        if touched.all():
+            assert (read_region(a, region, "t", "here") == data[region]).all()
+        else:
+            with pytest.raises(MissingChunk, match=r"tensor 't' here: inner chunk \(\d, \d\) of shard 'c/\d/0'"):
+                read_region(a, region, "t", "here")
+        expect = np.where(np.repeat(np.repeat(stored, 2, 0), 3, 1), data, 0.0)[region]
+        assert (read_region(a, region, "t", "here", missing="fill") == expect).all()
+    with pytest.raises(MissingChunk):  # through a source's block reads too
+        read_all(ZarrSource("t", a), 12)
+
+
+def test_a_shard_index_of_an_unknown_encoding_is_refused_not_trusted(tmp_path, monkeypatch):
+    from streamcompress.formats.zarr import shards
+
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    a = g.create_array("t", shape=(4, 6), chunks=(2, 6), shards=(4, 6), dtype="float32")
+    a[...] = 1.0
+    monkeypatch.setattr(shards, "_index_layout", lambda codec: None)
+    with pytest.raises(InvalidStore, match="cannot tell the stored chunks of shard 'c/0/0'.*--missing-chunks fill"):
+        read_all(ZarrSource("t", a), 12)
+    assert (read_all(ZarrSource("t", a, missing="fill"), 12) == 1.0).all()

@@ -23,6 +23,7 @@ from ...layout import Block, TensorMeta, plan_blocks
 from ...safety import RUN_ATTR
 from ..base import AUX_DIR, LOGICAL_DTYPE_ATTR, TENSOR_ORDER_ATTR, Checkpoint, Format, TensorSource, digest
 from .direct import DirectChunks, local_root
+from .shards import missing_inner_chunk, sharding_codec
 
 __all__ = ["ZarrFormat", "ZarrSource", "QuantizedSource", "open_input", "group_sources", "read_region",
            "open_group"]
@@ -61,11 +62,23 @@ def read_region(array: Any, region: Any, tensor: str, where: str, missing: str =
     data, and :class:`MissingChunk` for a chunk with no stored object unless
     ``missing == "fill"``."""
     if missing != "fill":
+        codec = sharding_codec(array)
         for coords in _chunk_coords(array, region):
             key = array.metadata.encode_chunk_key(coords)
-            if not _has_object(array, key):
+            what = None if _has_object(array, key) else f"chunk '{key}'"
+            if what is None and codec is not None:
+                full = tuple(slice(None) for _ in array.shape) if region is Ellipsis else region
+                inner = missing_inner_chunk(array, codec, coords, key, full)
+                if isinstance(inner, str):
+                    raise InvalidStore(
+                        f"tensor '{tensor}' {where}: cannot tell the stored chunks of shard '{key}' of array "
+                        f"'{array.path}' from missing ones ({inner}); pass --missing-chunks fill to read "
+                        "without this check")
+                if inner is not None:
+                    what = f"inner chunk {inner} of shard '{key}'"
+            if what is not None:
                 raise MissingChunk(
-                    f"tensor '{tensor}' {where}: chunk '{key}' of array '{array.path}' is missing (lost or "
+                    f"tensor '{tensor}' {where}: {what} of array '{array.path}' is missing (lost or "
                     "never written); if the store was written with zarr's write_empty_chunks=False, "
                     "pass --missing-chunks fill to read missing chunks as the fill value")
     try:

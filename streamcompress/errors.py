@@ -186,12 +186,21 @@ class MissingChunk(InvalidStore):
 class OutputError(StreamCompressError, OSError):
     """Writing the output failed (disk full, permission denied, ...)."""
 
-    def __init__(self, name: str, err: OSError) -> None:
+    def __init__(self, name: str | None, err: OSError, dest: str | None = None) -> None:
+        """``name``: the tensor being written (None: not known). Without ``dest``, a
+        resumable output (compress); with it, an output built aside and removed
+        on failure (import, restore, export), named ``dest``."""
         self.name = name
         self.errno = err.errno
-        reason = err.strerror or str(err)
-        super().__init__(f"cannot write tensor '{name}': {reason}; nothing after the last complete "
-                         "tensor is marked complete: fix the cause and rerun with --resume")
+        self.reason = getattr(err, "reason", None) or err.strerror or str(err)
+        if dest is None:
+            msg = (f"cannot write tensor '{name}': {self.reason}; nothing after the last complete "
+                   "tensor is marked complete: fix the cause and rerun with --resume")
+        else:
+            of = f" (at tensor '{name}')" if name else ""
+            msg = (f"cannot write '{dest}'{of}: {self.reason}; nothing of it was left: fix the cause "
+                   "and run the command again")
+        super().__init__(msg)
 
     def __str__(self) -> str:
         return self.args[0]

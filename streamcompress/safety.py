@@ -22,6 +22,7 @@ Outputs are made aside (:func:`aside`) and put in place by a rename
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
-from .errors import OutputBusy, OutputExists, UnsafePath
+from .errors import OutputBusy, OutputError, OutputExists, StreamCompressError, UnsafePath
 
 __all__ = ["RUN_ATTR", "EXPORT_MARKER", "bad_member_name", "real_path", "check_apart", "written_by_us",
            "replaceable", "claim_output", "aside", "put_in_place", "build_aside", "remove_output", "fsync",
@@ -206,8 +207,11 @@ def _locked(output: Path, command: str) -> Iterator[None]:
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": command, "started": time.time()}).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": command, "started": time.time()}).encode(), 0)
+        except OSError as e:
+            raise UnsafePath(f"cannot lock output '{output}': {e.strerror or e} ({lock})") from None
         yield
     finally:
         with contextlib.suppress(OSError):
@@ -291,7 +295,19 @@ def build_aside(output: Path, build: Callable[[Path], T]) -> T:
     try:
         result = build(tmp)
         put_in_place(tmp, output)
+    except OutputError as e:  # (a sink's, whose --resume hint is for compress outputs)
+        _remove(tmp)
+        raise OutputError(e.name, e, dest=str(output)) from None
+    except OSError as e:
+        _remove(tmp)
+        if e.errno in _WRITE_FAULTS and not isinstance(e, StreamCompressError):
+            raise OutputError(None, e, dest=str(output)) from None
+        raise
     except BaseException:
         _remove(tmp)
         raise
     return result
+
+
+#: errors that can only come from writing (an input-side OSError is left as it is)
+_WRITE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)

@@ -364,6 +364,61 @@ def test_a_killed_import_restore_or_export_leaves_no_output(tmp_path, rng, cmd):
     assert not list(tmp_path.glob(".dest*"))
 
 
+def _limited(limit: int, argv: list) -> subprocess.CompletedProcess:
+    """A run in which no file may grow past ``limit`` bytes (RLIMIT_FSIZE: every
+    write past it fails with EFBIG, as a full disk fails with ENOSPC, at whatever
+    point the run has reached). Python ignores SIGXFSZ, so the write raises."""
+    import resource
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run(argv, preexec_fn=cap, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("limit", [0, 100, 1500, 20000])
+@pytest.mark.parametrize("cmd", ["compress", "compress-gguf", "import", "restore", "export", "export-gguf"])
+def test_a_write_that_fails_at_any_point_is_one_line_and_loses_nothing(tmp_path, rng, cmd, limit):
+    """Wherever the disk refuses a write (the lock, the output's creation, its
+    metadata, a chunk, a GGUF's reservation), the command says so in one line
+    naming the output; an output built aside (import, restore, export) leaves
+    nothing behind, and a compress output is left resumable: once the disk has
+    room, --resume finishes it to what a clean run writes."""
+    tensors = [(f"layers.{i}.weight", heavy_tailed(rng, (64, 96))) for i in range(3)]
+    src = write_store(tmp_path / "in.zarr", tensors, (16, 96))
+    q8 = tmp_path / "q8.zarr"
+    assert main(["compress", str(src), str(q8), "--quantize", "q8_0", "-q"]) == 0
+    assert main(["export", str(src), str(tmp_path / "st"), "-q"]) == 0
+    dest = tmp_path / ("out.gguf" if cmd.endswith("gguf") else "out")
+    argv = {"compress": ["compress", src, dest, "--quantize", "int8:channel"],
+            "compress-gguf": ["compress", src, dest, "--quantize", "q8_0"],
+            "import": ["import", tmp_path / "st", dest], "restore": ["restore", q8, dest],
+            "export": ["export", q8, dest], "export-gguf": ["export", q8, dest]}[cmd]
+    inputs = {p: tree_hash(p) for p in (src, q8, tmp_path / "st")}
+    if limit == 0 and cmd.startswith("compress"):
+        pytest.skip("with no file writable at all, Numba's start-up warns before any of ours")
+    r = _limited(limit, cli(*argv, "-q"))
+    assert {p: tree_hash(p) for p in inputs} == inputs
+    if limit < 20000 or r.returncode:
+        assert r.returncode == 1, r.stderr
+        err = r.stderr.strip()
+        assert err.startswith("streamcompress: error:") and "\n" not in err, err
+        assert "File too large" in err and str(dest) in err or "tensor 'layers." in err, err
+    marker = f".{dest.name}.streamcompress"  # (beside a finished GGUF: ours to replace)
+    leftovers = sorted(p.name for p in tmp_path.glob(".out*") if not (p.name == marker and dest.exists()))
+    assert not leftovers, leftovers
+    if cmd == "compress" and dest.exists():
+        assert main([*map(str, argv), "--resume", "-q"]) == 0
+        assert main(["compress", str(src), str(tmp_path / "clean"), "--quantize", "int8:channel", "-q"]) == 0
+        assert main(["verify", str(src), str(dest)]) == 0
+        for name, _ in tensors:
+            a, b = (zarr.open_group(str(d), mode="r") for d in (dest, tmp_path / "clean"))
+            assert (a[name][...] == b[name][...]).all() and (a[name + "_scale"][...] == b[name + "_scale"][...]).all()
+    elif r.returncode:
+        assert not dest.exists(), cmd
+        assert main([*map(str, argv), "-q"]) == 0  # a plain rerun, once the disk has room
+
+
 def test_readers_refuse_an_unfinished_compress_output(tmp_path, rng, capsys):
     src = _big(tmp_path, rng)
     out = tmp_path / "o.zarr"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,11 +57,15 @@ class ZarrSink:
             if p.exists() or p.is_symlink():
                 remove_output(p)  # (refuses what is not ours)
             tmp = aside(p, "creating")
-            open_group(tmp, "w", {RUN_ATTR: run_record} if run_record else None)
-            os.rename(tmp, p)
+            try:
+                open_group(tmp, "w", {RUN_ATTR: run_record} if run_record else None)
+                os.rename(tmp, p)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # (ours: made just now under a fresh name)
+                raise
             self.group = open_group(p, "r+")
         except OSError as e:
-            raise InvalidStore(f"cannot create output '{path}': {e.strerror or e}") from None
+            raise OutputError(None, e, dest=str(path)) from None
 
     @classmethod
     def attach(cls, path: str | os.PathLike, codec: str = "zstd") -> ZarrSink:

@@ -32,7 +32,13 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
-from .errors import OutputBusy, OutputError, OutputExists, StreamCompressError, UnsafePath
+from .errors import (
+    OutputBusy,
+    OutputError,
+    OutputExists,
+    StreamCompressError,
+    UnsafePath,
+)
 
 __all__ = ["RUN_ATTR", "EXPORT_MARKER", "bad_member_name", "real_path", "check_apart", "written_by_us",
            "replaceable", "claim_output", "aside", "put_in_place", "build_aside", "remove_output", "fsync",

@@ -156,8 +156,8 @@ class OutputExists(StreamCompressError, FileExistsError):
         if ours:
             msg = f"output '{path}' already exists (pass --overwrite to replace it)"
         else:
-            msg = (f"output '{path}' exists and was not written by streamcompress: refusing to replace it "
-                   "(--overwrite replaces only our own outputs; move or delete it yourself)")
+            msg = (f"output '{path}' exists and was not written by streamcompress: refusing to replace or "
+                   "resume it (--overwrite and --resume take only our own outputs; move or delete it yourself)")
         super().__init__(msg)
 
     def __str__(self) -> str:

@@ -254,10 +254,10 @@ def claim_output(output: str | os.PathLike, inputs: Sequence[str | os.PathLike],
     with _locked(out, command):
         _clear_leftovers(out)
         if out.exists() or out.is_symlink():
+            if not replaceable(out):  # (neither replaced nor resumed, whatever was asked)
+                raise OutputExists(str(output), ours=False)
             if not (overwrite or resume):
                 raise OutputExists(str(output))
-            if overwrite and not replaceable(out):
-                raise OutputExists(str(output), ours=False)
         yield out
 
 

@@ -142,14 +142,25 @@ def _foreign(tmp_path: Path, kind: str) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["file", "dir", "zarr", "symlink-to-dir"])
-@pytest.mark.parametrize("cmd", ["compress", "import", "restore", "export"])
-def test_overwrite_refuses_what_we_did_not_write(tmp_path, model, capsys, kind, cmd):
-    argv, inp = _commands(tmp_path, model)[cmd]
+@pytest.mark.parametrize("cmd", ["compress", "compress-gguf", "import", "restore", "export"])
+@pytest.mark.parametrize("flag", ["--overwrite", "--resume", None])
+def test_overwrite_refuses_what_we_did_not_write(tmp_path, model, capsys, kind, cmd, flag):
+    """Replaced, resumed or left alone, someone else's file is refused in one line
+    that does not send the user to a flag that would refuse it too."""
+    if flag == "--resume" and not cmd.startswith("compress"):
+        pytest.skip("only compress resumes")
+    if cmd == "compress-gguf":
+        argv, inp = ["compress", "{IN}", "{OUT}", "--quantize", "q8_0", "-q"], model
+    else:
+        argv, inp = _commands(tmp_path, model)[cmd]
     out = _foreign(tmp_path, kind)
+    if cmd == "compress-gguf":
+        out = out.rename(out.with_name(out.name + ".gguf")) if kind != "symlink-to-dir" else out
     before = tree_hash(tmp_path)
     capsys.readouterr()
-    assert main([a.replace("{IN}", str(inp)).replace("{OUT}", str(out)) for a in argv] + ["--overwrite"]) == 1
-    one_line_error(capsys, "not written by streamcompress")
+    assert main([a.replace("{IN}", str(inp)).replace("{OUT}", str(out)) for a in argv] + ([flag] if flag else [])) == 1
+    err = one_line_error(capsys, "not written by streamcompress")
+    assert "pass --overwrite" not in err and "use --overwrite" not in err, err
     assert tree_hash(tmp_path) == before
 
 

@@ -154,10 +154,10 @@ def _compress_to_file(tensors: Any, config: CompressionConfig, fmt: str, output:
     and removed."""
     from .convert import export_checkpoint
 
+    if output.exists() and not replaceable(output):
+        raise OutputExists(str(output), ours=False)
     if output.exists() and not overwrite:
         raise OutputExists(str(output))
-    if overwrite and output.exists() and not replaceable(output):
-        raise OutputExists(str(output), ours=False)
     if not config.skip_1d:
         config = replace(config, skip_1d=True)
     sources = load_sources(tensors, options.missing_chunks)

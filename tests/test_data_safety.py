@@ -71,6 +71,7 @@ def _commands(tmp_path, src):
     return {
         "compress": (["compress", "{IN}", "{OUT}", "--quantize", "int8", "-q"], src),
         "compress-st": (["compress", "{IN}", "{OUT}", "--quantize", "int8", "-q"], st / "model.safetensors"),
+        "compress-gguf": (["compress", "{IN}", "{OUT}", "--quantize", "q8_0", "-q"], src),  # (OUT: *.gguf)
         "import": (["import", "{IN}", "{OUT}", "-q"], st),
         "import-file": (["import", "{IN}", "{OUT}", "-q"], st / "model.safetensors"),
         "restore": (["restore", "{IN}", "{OUT}", "-q"], c),
@@ -148,10 +149,7 @@ def _foreign(tmp_path: Path, kind: str) -> Path:
 def test_overwrite_refuses_what_we_did_not_write(tmp_path, model, capsys, kind, cmd, flag):
     """Replaced, resumed or left alone, someone else's file is refused in one line
     that does not send the user to a flag that would refuse it too."""
-    if cmd == "compress-gguf":
-        argv, inp = ["compress", "{IN}", "{OUT}", "--quantize", "q8_0", "-q"], model
-    else:
-        argv, inp = _commands(tmp_path, model)[cmd]
+    argv, inp = _commands(tmp_path, model)[cmd]
     out = _foreign(tmp_path, kind)
     if cmd == "compress-gguf":
         out = out.rename(out.with_name(out.name + ".gguf")) if kind != "symlink-to-dir" else out

@@ -23,7 +23,7 @@ from ...layout import Block, TensorMeta, plan_blocks
 from ...safety import RUN_ATTR
 from ..base import AUX_DIR, LOGICAL_DTYPE_ATTR, TENSOR_ORDER_ATTR, Checkpoint, Format, TensorSource, digest
 from .direct import DirectChunks, local_root
-from .shards import missing_inner_chunk, sharding_codec
+from .shards import missing_inner_chunk, sharding_codec, unreadable_index
 
 __all__ = ["ZarrFormat", "ZarrSource", "QuantizedSource", "open_input", "group_sources", "read_region",
            "open_group"]
@@ -63,17 +63,18 @@ def read_region(array: Any, region: Any, tensor: str, where: str, missing: str =
     ``missing == "fill"``."""
     if missing != "fill":
         codec = sharding_codec(array)
+        full = tuple(slice(None) for _ in array.shape) if region is Ellipsis else region
         for coords in _chunk_coords(array, region):
             key = array.metadata.encode_chunk_key(coords)
             what = None if _has_object(array, key) else f"chunk '{key}'"
             if what is None and codec is not None:
-                full = tuple(slice(None) for _ in array.shape) if region is Ellipsis else region
-                inner = missing_inner_chunk(array, codec, coords, key, full)
-                if isinstance(inner, str):
+                why = unreadable_index(codec)
+                if why is not None:
                     raise InvalidStore(
                         f"tensor '{tensor}' {where}: cannot tell the stored chunks of shard '{key}' of array "
-                        f"'{array.path}' from missing ones ({inner}); pass --missing-chunks fill to read "
+                        f"'{array.path}' from missing ones ({why}); pass --missing-chunks fill to read "
                         "without this check")
+                inner = missing_inner_chunk(array, codec, coords, key, full)
                 if inner is not None:
                     what = f"inner chunk {inner} of shard '{key}'"
             if what is not None:

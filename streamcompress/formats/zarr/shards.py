@@ -20,7 +20,7 @@ import numpy as np
 
 from .direct import local_root
 
-__all__ = ["missing_inner_chunk", "sharding_codec"]
+__all__ = ["missing_inner_chunk", "sharding_codec", "unreadable_index"]
 
 EMPTY = 2**64 - 1
 
@@ -44,6 +44,13 @@ def _index_layout(codec: Any) -> tuple[str, int] | None:
     return (">u8" if endian == "big" else "<u8"), (4 if names[1:] else 0)
 
 
+def unreadable_index(codec: Any) -> str | None:
+    """Why this reader cannot read ``codec``'s shard index (an encoding it does not know); None if it can."""
+    if _index_layout(codec) is None:
+        return f"its shard index is encoded with {[type(c).__name__ for c in codec.index_codecs]}"
+    return None
+
+
 def _read_index(array: Any, key: str, start: bool, size: int) -> bytes | None:
     root = local_root(array)
     if root is not None:
@@ -65,15 +72,12 @@ def _read_index(array: Any, key: str, start: bool, size: int) -> bytes | None:
 
 
 def missing_inner_chunk(array: Any, codec: Any, shard: tuple[int, ...], key: str,
-                        region: tuple[slice, ...]) -> tuple[int, ...] | str | None:
+                        region: tuple[slice, ...]) -> tuple[int, ...] | None:
     """The grid coordinates (in the array's chunk grid) of the first inner chunk of
     shard ``shard`` (stored as ``key``) that ``region`` touches and the shard's
-    index marks empty; None if all are stored. A string says why the index
-    could not be read (an index encoding this reader does not know)."""
-    layout = _index_layout(codec)
-    if layout is None:
-        return f"its shard index is encoded with {[type(c).__name__ for c in codec.index_codecs]}"
-    dtype, tail = layout
+    index marks empty; None if all are stored. ``codec``: one whose index
+    :func:`unreadable_index` accepts."""
+    dtype, tail = _index_layout(codec)
     inner = tuple(int(c) for c in codec.chunk_shape)
     per = tuple(int(s) // c for s, c in zip(array.shards, inner))
     size = 16 * math.prod(per) + tail

@@ -165,8 +165,19 @@ class TensorPipeline:
         # a lone stage that measures its own work leaves x as it is (blocks may come mapped)
         # and counts NaN/inf on the way
         alone = len(self.runners) == 1 and self.runners[0].measures and self.nonfinite != "zero"
+        # a prune and the quantizer storing what it leaves: one pass, x left as it is
+        pair = (len(self.runners) == 2 and self.runners[0].cuts and self.runners[1].fuses_cut
+                and not self.want_mask)
         checks = not self._checked and self.nonfinite == "error"
-        for block, x in self._prepared(sweep(readonly=alone), checks and not alone):
+        for block, x in self._prepared(sweep(readonly=alone or (pair and self.nonfinite != "zero")),
+                                       checks and not alone):
+            if pair:
+                ties, *stats = self.runners[1].apply_measured_cut(block, x, self.runners[0].cut_of(block, x))
+                self.runners[0].cut_done(ties)
+                per_block.append([(int(nz), float(sse), float(mx), float(sig), int(x.size))
+                                  for nz, sse, mx, sig in stats])
+                write(self.encoding.emit(block, x), block, None)
+                continue
             mask = np.ones(x.size, dtype=np.uint8) if self.want_mask else None
             check = (lambda bad, b=block, v=x: self._check_count(b, v, bad)) if alone and checks else None
             row = []

@@ -309,6 +309,61 @@ def test_measured_quantize_is_the_inplace_kernel_then_diff_stats(rng, n, L, g, s
         numba.set_num_threads(was)
 
 
+@pytest.mark.parametrize("n, L, g, start", [(0, 8, 8, 0), (31, 31, 31, 0), (65536, 4096, 4096, 0),
+                                              (200003, 200003, 200003, 0), (131072 + 96, 5632, 32, 5632 * 3),
+                                              (150001, 1000, 64, 37)])
+@pytest.mark.parametrize("keys_of", ["x", "squares"])
+@pytest.mark.parametrize("ties", ["all", "counted all", "none", "some"])
+def test_a_cut_and_its_quantizer_in_one_pass_are_the_two_kernels_in_turn(rng, n, L, g, start, keys_of, ties):
+    """``cut_quantize_measured`` (a cut as ``cut_plan`` describes it, then the codes
+    of what it leaves, ``x`` left as it is) gives the ties, the cut's stats and
+    the quantizer's codes and stats of ``prune_threshold_measured`` then
+    ``quantize_units_measured`` on the cut copy; ``unit_absmax_kept`` is
+    ``unit_absmax`` of the cut; on every tie path (ties ranked across tiles
+    included), keys x's bits or not, NaN and -0.0, on 1 and 2 threads."""
+    import numba
+
+    x = specials(rng, n) if n > 8 else data(rng, n)
+    if n > 8:
+        x.view(np.uint32)[[2, 5]] = [0x7FC01234, 0xFFC00001]  # NaNs with payloads
+        x[rng.integers(0, n, n // 4)] = x[0]  # ties at one key, in every tile
+    with np.errstate(over="ignore", invalid="ignore"):
+        keys = x.view(np.uint32) if keys_of == "x" else K.square(x).view(np.uint32)
+    thr = int(keys[0] & 0x7FFFFFFF) if n else 0
+    cnt = int(((keys & 0x7FFFFFFF) == thr).sum())
+    left, all_ties = {"all": (cnt, True), "counted all": (cnt, False), "none": (0, False),
+                      "some": (max(cnt // 2, 1), False)}[ties]
+    k = K.unit_range(start, n, L, g)[1] if n else 1
+    was = numba.get_num_threads()
+    try:
+        for threads in (1, was):
+            numba.set_num_threads(threads)
+            lim, offsets, _ = K.cut_plan(keys, thr, left, all_ties)
+            assert (offsets.size > 0) == (ties == "some" and n > 8)  # (the ranked path is taken)
+            b = x.copy()
+            t_want, cut_want = K.prune_threshold_measured(b, b.view(np.uint32) if keys_of == "x" else keys.copy(),
+                                                          thr, left, np.zeros(0, np.uint8), False, all_ties=all_ties)
+            mx = K.unit_absmax(b, start, L, g) if n else np.zeros(1, np.float32)
+            if offsets.size == 0 and n:
+                assert K.unit_absmax_kept(x, keys, lim, start, L, g).tobytes() == mx.tobytes()
+            scales = (mx / np.float32(127)).astype(np.float32)
+            inv = np.where(scales != 0, 1 / np.where(scales != 0, scales, 1), 0).astype(np.float32)
+            zps = np.zeros(k, np.int8)
+            cb, ca = np.empty(n, np.int8), np.empty(n, np.int8)
+            a = x.copy()
+            with np.errstate(all="ignore"):
+                q_want = K.quantize_units_measured(b, start, L, g, scales, inv, zps, -127, 127, False, cb)
+                t_got, cut_got, q_got = K.cut_quantize_measured(a, keys, lim, np.uint32(thr), offsets, left, start,
+                                                                L, g, scales, inv, zps, -127, 127, False, ca)
+            assert a.view(np.uint32).tobytes() == x.view(np.uint32).tobytes()  # (x as it was)
+            assert int(t_got) == t_want
+            assert tuple(cut_got) == tuple(cut_want)
+            assert ca.tobytes() == cb.tobytes()
+            assert tuple(q_got) == tuple(q_want)
+    finally:
+        numba.set_num_threads(was)
+
+
 def test_scores_reference_consistency(rng):
     x = data(rng, 100)
     assert (K.square(x) == element_scores(x, "l2", 0)).all()

@@ -156,6 +156,39 @@ def test_store_restore_verify_and_format_reader(tmp_path, rng, scheme):
     assert r.stored_bytes > 0 and r.bits_per_weight() > 0
 
 
+@pytest.mark.parametrize("prune", [{}, {"metric": "l2"}, {"metric": "random", "seed": 3}, {"scope": "global"}])
+@pytest.mark.parametrize("scheme", ["int8:channel", "int8", "int4:group:16", "int8:group:32"])
+def test_a_prune_and_the_quantizer_after_it_store_in_one_pass_what_they_store_in_two(tmp_path, rng, monkeypatch,
+                                                                                    prune, scheme):
+    """Prune then a stored symmetric quantizer run as one kernel over each block
+    (``x`` read, not changed) store the same bytes, stats and per-tensor facts as
+    the two stages in turn, with ties at the threshold in many blocks (values
+    of few bits), rows split by the chunks, the cut-off tie inside a block."""
+    from streamcompress import kernels as K
+    from streamcompress.stages.quantize import _SchemeRunner
+
+    few_bits = lambda a: (np.round(a * 400) / 400).astype(np.float32)  # noqa: E731 - many equal |x|
+    tensors = [("a", few_bits(heavy_tailed(rng, (40, 64)))), ("b", few_bits(heavy_tailed(rng, (3, 5, 66)))),
+               ("c", heavy_tailed(rng, (96,)))]
+    src = write_store(tmp_path / "in.zarr", tensors, (8, 32))
+    opts = sc.EngineOptions(block_elems=256)
+    cfg = sc.CompressionConfig((sc.Prune(sc.PruningConfig(0.5, **prune)), Quantize(scheme)))
+    calls = []
+    fused = K.cut_quantize_measured
+    monkeypatch.setattr(K, "cut_quantize_measured", lambda *a: calls.append(1) or fused(*a))
+    one = sc.compress_store(src, tmp_path / "one.zarr", cfg, options=opts)
+    assert calls  # (the one pass was taken)
+    monkeypatch.setattr(_SchemeRunner, "fuses_cut", property(lambda self: False))
+    two = sc.compress_store(src, tmp_path / "two.zarr", cfg, options=opts)
+    assert one.stage_stats == two.stage_stats
+    assert one.tensor_stats == two.tensor_stats
+    g1, g2 = zarr.open_group(str(tmp_path / "one.zarr"), mode="r"), zarr.open_group(str(tmp_path / "two.zarr"), mode="r")
+    names = sorted(k for k, _ in g2.arrays())
+    assert sorted(k for k, _ in g1.arrays()) == names
+    for k in names:
+        assert g1[k][...].tobytes() == g2[k][...].tobytes(), k
+
+
 def test_prune_half_int8_channel_is_at_most_030_of_input_on_disk(tmp_path):
     import sys
     from pathlib import Path

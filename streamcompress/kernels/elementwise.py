@@ -21,6 +21,7 @@ __all__ = [
     "square",
     "clip_le",
     "prune_threshold",
+    "cut_plan",
     "prune_threshold_measured",
     "cut_below",
     "diff_stats",
@@ -121,14 +122,14 @@ def cut_below(x, keys, lim, mask, want_mask):
 
 
 @numba.njit(**PJIT)
-def _cut_counting(x, keys, thr, mask, want_mask):
-    """``cut_below(x, keys, thr + 1)`` that also returns how many keys equal ``thr``."""
+def _cut_counting(x, keys, thr, lim, mask, want_mask):
+    """``cut_below(x, keys, lim)`` that also returns how many keys equal ``thr``."""
     n = x.size
     ties = 0
     for i in prange(n):
         k = keys[i] & np.uint32(0x7FFFFFFF)
         ties += k == thr
-        cut = k <= thr
+        cut = k < lim
         if cut:
             x[i] = np.uint32(0)
         if want_mask:
@@ -151,14 +152,11 @@ def _tie_counts(keys, thr):
 
 
 @numba.njit(**PJIT)
-def _cut_ranked(x, keys, thr, ties_left, ties, mask, want_mask):
+def _cut_ranked(x, keys, thr, ties_left, offset, mask, want_mask):
+    """Cut keys below ``thr`` and the first ``ties_left`` equal to it; ``offset[t]``:
+    the ties in tiles before tile ``t``."""
     n = x.size
-    nt = ties.size
-    offset = np.zeros(nt, dtype=np.int64)
-    acc = 0
-    for t in range(nt):
-        offset[t] = acc
-        acc += ties[t]
+    nt = offset.size
     for t in prange(nt):
         rank = offset[t]
         for i in range(t * TILE, min(n, (t + 1) * TILE)):
@@ -186,29 +184,39 @@ def prune_threshold(x, keys, thr, ties_left, mask, want_mask, all_ties=False):
     ranks its ties one by one; the others are a plain comparison. ``all_ties``:
     the caller knows every tie is pruned (no separate count first).
     """
-    if all_ties:  # the caller knows every tie is pruned: count them while cutting
-        return _cut_counting(x, keys, np.uint32(thr), mask, want_mask)
-    counts, total, lim = _tie_plan(keys, thr, ties_left)
-    if lim is not None:
+    thr = np.uint32(thr)
+    lim, offsets, total = cut_plan(keys, thr, ties_left, all_ties)
+    if offsets.size == 0 and total is None:  # count the ties while cutting
+        return int(_cut_counting(x, keys, thr, lim, mask, want_mask))
+    if offsets.size == 0:
         cut_below(x, keys, lim, mask, want_mask)
-    else:
-        _cut_ranked(x, keys, np.uint32(thr), ties_left, counts, mask, want_mask)
+        return total
+    _cut_ranked(x, keys, thr, ties_left, offsets, mask, want_mask)
     return total
 
 
-def _tie_plan(keys, thr, ties_left):
-    """``(ties per tile, ties in the block, lim)`` for a cut at ``thr`` that prunes
-    ``ties_left`` more ties: keys below ``lim`` are cut when every tie here is
-    pruned (``thr + 1``) or every one kept (``thr``); ``lim`` is None when the
-    block holds the cut-off tie (its ties ranked one by one)."""
+_NO_OFFSETS = np.zeros(0, dtype=np.int64)
+
+
+def cut_plan(keys, thr, ties_left, all_ties=False):
+    """``(lim, offsets, ties)`` of a cut at ``thr`` that prunes the keys below it and
+    ``ties_left`` more keys equal to it (flat order). When every tie of the block
+    is pruned (``all_ties``, or the block holds no more than ``ties_left``) the
+    cut is the keys below ``lim = thr + 1``; when every one is kept
+    (``ties_left <= 0``), below ``lim = thr``; ``offsets`` is then empty, and
+    ``ties`` is None when the ties were not counted (the cut counts them).
+    Otherwise the block holds the cut-off tie: ``offsets`` gives, per tile,
+    the ties in earlier tiles (ranked one by one) and ``ties`` their total."""
     thr = np.uint32(thr)
+    if all_ties:
+        return np.uint32(thr + 1), _NO_OFFSETS, None
+    if ties_left <= 0:  # every tie here is kept: no count first
+        return thr, _NO_OFFSETS, None
     counts = _tie_counts(keys, thr)
     total = int(counts.sum())
     if total <= ties_left:  # every tie here is pruned
-        return counts, total, np.uint32(thr + 1)
-    if ties_left <= 0:  # every tie here is kept
-        return counts, total, thr
-    return counts, total, None
+        return np.uint32(thr + 1), _NO_OFFSETS, total
+    return thr, np.cumsum(counts) - counts, total
 
 
 @numba.njit(**PJIT)
@@ -254,15 +262,12 @@ def prune_threshold_measured(x, keys, thr, ties_left, mask, want_mask, all_ties=
     No copy of the block, except in the one block holding the cut-off tie (its
     ties ranked one by one: copied, cut, then compared)."""
     thr = np.uint32(thr)
-    if all_ties:
-        ties, *st = _cut_measured(x, keys, np.uint32(thr + 1), thr, mask, want_mask)
+    lim, offsets, total = cut_plan(keys, thr, ties_left, all_ties)
+    if offsets.size == 0:
+        ties, *st = _cut_measured(x, keys, lim, thr, mask, want_mask)
         return int(ties), tuple(st)
-    counts, total, lim = _tie_plan(keys, thr, ties_left)
-    if lim is not None:
-        _, *st = _cut_measured(x, keys, lim, thr, mask, want_mask)
-        return total, tuple(st)
     before = x.copy()
-    _cut_ranked(x.view(np.uint32), keys, thr, ties_left, counts, mask, want_mask)
+    _cut_ranked(x.view(np.uint32), keys, thr, ties_left, offsets, mask, want_mask)
     return total, diff_stats(before, x)
 
 

@@ -17,8 +17,11 @@ from numba import prange
 from ._jit import JIT, PJIT, TILE
 from .elementwise import diff_tile, fold_tiles, tile_slots
 
-__all__ = ["unit_range", "tile_of_units", "unit_absmax", "unit_minmax", "quantize_units", "quantize_units_measured", "quantize_int8_sim", "dequantize_units",
+__all__ = ["unit_range", "tile_of_units", "unit_absmax", "unit_absmax_kept", "unit_minmax", "quantize_units",
+           "quantize_units_measured", "cut_quantize_measured", "quantize_int8_sim", "dequantize_units",
            "pack_nibbles", "unpack_nibbles"]
+
+_KEYMASK = np.uint32(0x7FFFFFFF)
 
 
 @numba.njit(**JIT)
@@ -102,6 +105,31 @@ def unit_absmax(x: np.ndarray, start: int, L: int, g: int) -> np.ndarray:
 
         return np.array([absmax(x)], dtype=np.float32)
     return _unit_absmax_bits(x.view(np.uint32), start, L, g, k).view(np.float32)
+
+
+@numba.njit(**PJIT)
+def _unit_absmax_kept_bits(u, keys, lim, start, L, g, k):
+    G = (L + g - 1) // g
+    u0 = _unit(start, L, g, G)
+    out = np.zeros(k, dtype=np.uint32)
+    for j in prange(k):
+        lo, hi = _unit_bounds(j, u0, start, u.size, L, g, G)
+        us = u[lo:hi]
+        ks = keys[lo:hi]
+        m = np.uint32(0)
+        for i in range(us.size):
+            key = us[i] & np.uint32(0x7FFFFFFF)
+            key = key if key <= np.uint32(0x7F800000) and (ks[i] & _KEYMASK) >= lim else np.uint32(0)
+            m = max(m, key)
+        out[j] = m
+    return out
+
+
+def unit_absmax_kept(x: np.ndarray, keys: np.ndarray, lim: int, start: int, L: int, g: int) -> np.ndarray:
+    """:func:`unit_absmax` of ``x`` after a cut of the elements whose key (``keys & 0x7fffffff``)
+    is below ``lim`` (a cut element counts as +0.0), without making the cut."""
+    _, k = unit_range(start, x.size, L, g)
+    return _unit_absmax_kept_bits(x.view(np.uint32), keys, np.uint32(lim), start, L, g, k).view(np.float32)
 
 
 def unit_minmax(x: np.ndarray, start: int, L: int, g: int) -> tuple[np.ndarray, np.ndarray]:
@@ -206,6 +234,59 @@ def quantize_units_measured(x, start, L, g, scales, inv, zps, qmin, qmax, use_in
                        codes, i, end, deq, 0, False)
         nz[t], sse[t], mx[t], sig[t] = diff_tile(deq, x[i:end])
     return fold_tiles(nz, sse, mx, sig)
+
+
+@numba.njit(**PJIT)
+def cut_quantize_measured(x, keys, lim, thr, offsets, ties_left, start, L, g, scales, inv, zps, qmin, qmax,
+                          use_inv, codes):
+    """A threshold cut then :func:`quantize_units` of what it leaves, ``x`` left as
+    it is: the codes, and each stage's stats as ``diff_stats`` gives them (the
+    cut's against ``x``, the quantizer's against the cut values; the same tiles,
+    sums and order as ``prune_threshold_measured`` then ``quantize_units_measured``).
+
+    The cut zeroes the elements whose key (``keys & 0x7fffffff``) is below
+    ``lim``; with ``offsets`` (one per tile: the keys equal to ``thr`` in earlier
+    tiles) those below ``thr`` and the first ``ties_left`` equal to it, in flat
+    order instead. Returns ``(keys equal to thr, (nonzero, sum_sq_err,
+    max_abs_err, sum_sq_signal) of the cut, the same of the quantizer)``."""
+    G = (L + g - 1) // g
+    u0 = _unit(start, L, g, G)
+    n = x.size
+    ranked = offsets.size > 0
+    nt, nz, sse, mx, sig = tile_slots(n)
+    _, qnz, qsse, qmx, qsig = tile_slots(n)
+    ties = np.zeros(nt, dtype=np.int64)
+    lo_q = np.float32(qmin)
+    hi_q = np.float32(qmax)
+    for t in prange(nt):
+        lo = t * TILE
+        hi = min(n, lo + TILE)
+        xs = x[lo:hi]  # (0-based slices vectorize: see quantize_units)
+        ks = keys[lo:hi]
+        after = np.empty(hi - lo, np.float32)
+        c = 0
+        if ranked:
+            rank = offsets[t]
+            for i in range(hi - lo):
+                k = ks[i] & _KEYMASK
+                cut = k < thr
+                if k == thr:
+                    cut = rank < ties_left
+                    rank += 1
+                    c += 1
+                after[i] = np.float32(0.0) if cut else xs[i]
+        else:
+            for i in range(hi - lo):
+                k = ks[i] & _KEYMASK
+                c += k == thr
+                after[i] = np.float32(0.0) if k < lim else xs[i]
+        nz[t], sse[t], mx[t], sig[t] = diff_tile(after, xs)
+        ties[t] = c
+        deq = np.empty(hi - lo, np.float32)
+        _quantize_tile(after, start + lo, L, g, G, u0, scales, inv, zps, lo_q, hi_q, use_inv,
+                       codes[lo:hi], 0, hi - lo, deq, 0, False)
+        qnz[t], qsse[t], qmx[t], qsig[t] = diff_tile(deq, after)
+    return ties.sum(), fold_tiles(nz, sse, mx, sig), fold_tiles(qnz, qsse, qmx, qsig)
 
 
 def quantize_int8_sim(x: np.ndarray, scale: np.float32) -> None:

@@ -30,7 +30,7 @@ from .. import kernels as K
 from ..layout import Block, TensorMeta
 
 __all__ = ["Stage", "StageRunner", "SelectorRunner", "GlobalState", "KthSelector", "IdentityRunner",
-           "f32_floor_product", "merge_with", "ArraySpec", "Encoding", "FloatEncoding"]
+           "f32_floor_product", "merge_with", "ArraySpec", "Encoding", "FloatEncoding", "ThresholdCut"]
 
 
 def f32_floor_product(fraction: float, count: int) -> int:
@@ -58,6 +58,19 @@ class ArraySpec:
     chunks: tuple[int, ...]
     dtype: str
     attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ThresholdCut:
+    """A block's prune as ``kernels.cut_plan`` describes it, not yet made: the
+    elements whose key (``keys & 0x7fffffff``) is below ``lim`` are zeroed, or,
+    with ``offsets``, those below ``thr`` and the first ``ties_left`` equal to it."""
+
+    keys: np.ndarray
+    lim: np.uint32
+    thr: np.uint32
+    offsets: np.ndarray
+    ties_left: int
 
 
 class Encoding(ABC):
@@ -133,6 +146,26 @@ class StageRunner(ABC):
         ``kernels.diff_stats(x before, x after)`` gives them; None when this
         runner does not (nothing done: the pipeline copies, applies and compares)."""
         return None
+
+    # -- a cut and the quantizer after it in one pass (pipeline.apply_sweep) ----------
+    #: ``cut_of`` describes this runner's apply (a threshold cut) without making it
+    cuts: bool = False
+
+    def cut_of(self, block: Block, x: np.ndarray) -> ThresholdCut:
+        """This block's cut, not made (``x`` left as it is); :meth:`cut_done` follows."""
+        raise NotImplementedError
+
+    def cut_done(self, ties: int) -> None:  # noqa: B027
+        """The cut of the block :meth:`cut_of` described was made by another runner,
+        and its block held ``ties`` keys equal to the threshold."""
+
+    #: ``apply_measured_cut`` stores what it leaves of a ``ThresholdCut`` in one pass
+    fuses_cut: bool = False
+
+    def apply_measured_cut(self, block: Block, x: np.ndarray, cut: ThresholdCut) -> tuple:
+        """``apply_measured`` of ``x`` after ``cut`` (the previous runner's), ``x``
+        left as it was: ``(ties in the block, the cut's stats, this runner's stats)``."""
+        raise NotImplementedError
 
     def encoding(self, form: str = "zarr") -> Encoding | None:
         """The stored form when this runner is the pipeline's last (None: float32).

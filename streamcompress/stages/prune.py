@@ -21,7 +21,8 @@ from ..errors import (
 )
 from ..layout import Block, TensorMeta
 from ._parse import parse_count, parse_enum, parse_real
-from .base import GlobalState, IdentityRunner, KthSelector, SelectorRunner, Stage, StageRunner, f32_floor_product
+from .base import (GlobalState, IdentityRunner, KthSelector, SelectorRunner, Stage, StageRunner, ThresholdCut,
+                   f32_floor_product)
 
 __all__ = ["Metric", "Granularity", "PruningConfig", "Prune", "PruneNM"]
 
@@ -182,6 +183,13 @@ def score_keys(metric: Metric, seed: int, block: Block, x: np.ndarray) -> np.nda
     return K.square(x).view(np.uint32)
 
 
+def _threshold_cut(keys: np.ndarray, sel: KthSelector, k: int, ties_seen: int) -> ThresholdCut:
+    """The cut of a block at ``sel``'s threshold, ``ties_seen`` ties of the sweep before it."""
+    ties_left = k - sel.below - ties_seen
+    lim, offsets, _ = K.cut_plan(keys, sel.threshold, ties_left, k - sel.below >= sel.ties)
+    return ThresholdCut(keys, lim, np.uint32(sel.threshold), offsets, ties_left)
+
+
 def _prune_block(x, keys, threshold, ties_left, local, want_mask, all_ties, measured):
     """``(ties in the block, its stats or None)``: ``kernels.prune_threshold`` on
     ``x``, with the stats from the same pass when ``measured``."""
@@ -231,6 +239,14 @@ class _UnstructuredRunner(SelectorRunner):
         if mask is not None:
             mask &= local
         return stats
+
+    cuts = True
+
+    def cut_of(self, block: Block, x: np.ndarray) -> ThresholdCut:
+        return _threshold_cut(score_keys(self.cfg.metric, self.cfg.seed, block, x), self.sel, self.k, self.ties_seen)
+
+    def cut_done(self, ties: int) -> None:
+        self.ties_seen += ties
 
     def info(self) -> dict[str, Any]:
         return {"pruned_units": self.k, "threshold_bits": self.sel.threshold}
@@ -325,6 +341,18 @@ class _GlobalRunner(StageRunner):
         if mask is not None:
             mask &= local
         return stats
+
+    @property
+    def cuts(self) -> bool:
+        return self.st.k > 0
+
+    def cut_of(self, block: Block, x: np.ndarray) -> ThresholdCut:
+        keys = score_keys(self.cfg.metric, self.cfg.seed, block, x)
+        return _threshold_cut(keys, self.st.sel, self.st.k, self.base + self.local)
+
+    def cut_done(self, ties: int) -> None:
+        self.local += ties
+        self.st.ties_seen = self.base + self.local
 
     def info(self) -> dict[str, Any]:
         return {"scope": "global", "model_pruned": self.st.k,

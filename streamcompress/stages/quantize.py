@@ -16,7 +16,7 @@ import numpy as np
 from .. import kernels as K
 from ..errors import ConfigError
 from ..layout import Block, TensorMeta
-from .base import Encoding, Stage, StageRunner, merge_with
+from .base import Encoding, Stage, StageRunner, ThresholdCut, merge_with
 from .encodings import BLOCK_BYTES, GGMLEncoding, QuantEncoding
 from .schemes import QuantGranularity, QuantScheme, ggml_fits, parse_scheme
 
@@ -475,6 +475,36 @@ class _SchemeRunner(StageRunner):
                                         self.s.reciprocal, codes)
         self._last = (block, codes, used, zp)
         return got
+
+    @property
+    def fuses_cut(self) -> bool:
+        """Stored symmetric integer codes of minmax scales: what a cut leaves is
+        quantized in the cut's own pass (``kernels.cut_quantize_measured``)."""
+        s = self.s
+        return (self.real and s.symmetric and not s.is_float and not s.ggml and self.observer == "minmax")
+
+    def apply_measured_cut(self, block: Block, x: np.ndarray, cut: ThresholdCut) -> tuple:
+        """The codes of ``x`` after ``cut``, and both stages' stats, as the cut's
+        ``apply_with_stats`` then :meth:`_int_measured` give them (tested)."""
+        if self.local:
+            lim = cut.lim if cut.offsets.size == 0 else None
+            if lim is None:  # the cut-off block: its cut made in a copy (once per tensor)
+                cut_x = x.copy()
+                K.prune_threshold(cut_x.view(np.uint32), cut.keys, cut.thr, cut.ties_left, np.zeros(0, np.uint8),
+                                  False)
+                mx = K.unit_absmax(cut_x, block.start, self.L, self.g)
+            else:
+                mx = K.unit_absmax_kept(x, cut.keys, lim, block.start, self.L, self.g)
+            self._amax = max(self._amax, float(np.max(mx)))
+            used, inv, zp = self.s.scales_from_stats(mx, None, self.meta.name)
+        else:
+            used, inv, zp = self._scales(block, x)
+        codes = np.empty(x.size, dtype=np.int8)
+        ties, cut_stats, stats = K.cut_quantize_measured(
+            x, cut.keys, cut.lim, cut.thr, cut.offsets, cut.ties_left, block.start, self.L, self.g, used, inv, zp,
+            self.s.qmin, self.s.qmax, self.s.reciprocal, codes)
+        self._last = (block, codes, used, zp)
+        return int(ties), cut_stats, stats
 
     #: whether ``apply_measured`` lays its bytes out as a GGUF's blocks (set by ``encoding``)
     _gguf_blocks = False

@@ -441,6 +441,28 @@ def test_window_histogram_folds_int32_slots_before_they_overflow(rng, monkeypatc
         assert (wh.window()[j] == np.bincount(keys[(keys >> 16) == lo + j] & 0xFFFF, minlength=1 << 16)).all()
 
 
+
+@pytest.mark.parametrize("reps", [255, 256, 257, 511, 512, 100000])
+def test_window_histogram_carries_uint8_cells_past_255(rng, reps):
+    """The window's uint8 cells wrap into their spill: a key repeated ``reps``
+    times (alone, beside others, over several blocks and both threads' slices)
+    is counted ``reps`` times, and so are its neighbours. The repeats come first,
+    so each is counted by the first thread's slice of the first block (up to
+    4500 keys: blocks of 9000 are split in two) where the cells wrap exactly."""
+    base = np.abs(rng.standard_normal(20000).astype(np.float32))
+    keys0 = base.view(np.uint32)
+    lo = int(np.median(keys0 >> 16)) - 1
+    hot = np.uint32((lo + 1) << 16 | 0x1234)
+    keys = np.concatenate([np.full(reps, hot, np.uint32), np.full(300, hot + 1, np.uint32), keys0])
+    wh = K.WindowHistogram(lo, 3)
+    for b in range(0, keys.size, 9000):
+        wh.add(keys[b:b + 9000])
+    win = wh.window()
+    for j in range(3):
+        assert (win[j] == np.bincount(keys[(keys >> 16) == lo + j] & 0xFFFF, minlength=1 << 16)).all()
+    assert win[1, 0x1234] >= reps
+
+
 _STALE_CHILD = """
 import numpy as np
 from streamcompress import kernels as K

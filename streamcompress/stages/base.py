@@ -231,8 +231,9 @@ class KthSelector:
     the chosen high bin. When ``n`` (the number of keys) is given, pass 1
     also guesses the chosen bin from the first block's own quantile and keeps
     the low-bit histograms of a few bins around the guess (``WINDOW`` on each
-    side, 512 KiB each); when the chosen bin is among them, pass 2 is not
-    needed (``n_passes`` drops to 1 after ``end_pass(0)``). The result is the
+    side, 64 KiB of uint8 cells per bin and thread: ``kernels.WindowHistogram``);
+    when the chosen bin is among them, pass 2 is not needed (``n_passes``
+    drops to 1 after ``end_pass(0)``). The result is the
     same either way: that window row *is* pass 2's histogram. When the first
     block holds all ``n`` keys, its bin is exact and the window is that bin alone.
 

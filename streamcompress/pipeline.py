@@ -46,6 +46,13 @@ def skipped_stats(stages: tuple[Stage, ...], meta: TensorMeta, nonzero: int) -> 
     ]
 
 
+def _row(stats: tuple, n: int) -> tuple[int, float, float, float, int]:
+    """A stage's ``(nonzero, sum_sq_err, max_abs_err, sum_sq_signal)`` of a block of
+    ``n`` elements as plain numbers, with ``n``: one entry of a block's row."""
+    nz, sse, mx, sig = stats
+    return int(nz), float(sse), float(mx), float(sig), int(n)
+
+
 class TensorPipeline:
     """Runs ``stages`` over one tensor.
 
@@ -174,8 +181,7 @@ class TensorPipeline:
             if pair:
                 ties, *stats = self.runners[1].apply_measured_cut(block, x, self.runners[0].cut_of(block, x))
                 self.runners[0].cut_done(ties)
-                per_block.append([(int(nz), float(sse), float(mx), float(sig), int(x.size))
-                                  for nz, sse, mx, sig in stats])
+                per_block.append([_row(got, x.size) for got in stats])
                 write(self.encoding.emit(block, x), block, None)
                 continue
             mask = np.ones(x.size, dtype=np.uint8) if self.want_mask else None
@@ -192,8 +198,7 @@ class TensorPipeline:
                     np.copyto(before, x)
                     r.apply(block, x, mask)
                     got = K.diff_stats(before, x)
-                nz, sse, mx, sig = got
-                row.append((int(nz), float(sse), float(mx), float(sig), int(x.size)))
+                row.append(_row(got, x.size))
             per_block.append(row)
             write(self.encoding.emit(block, x), block, mask)
         return per_block

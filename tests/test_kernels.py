@@ -231,6 +231,23 @@ def test_diff_stats_sums_in_its_fixed_order(rng, n, special):
         numba.set_num_threads(was)
 
 
+def _tie_case(rng, n, keys_of, ties):
+    """``(x, keys, thr, ties_left, all_ties)`` of a cut on the tie path ``ties``:
+    NaNs with payloads, a quarter of the elements tied at one key (spread over
+    every tile), keys x's own bits or its squares'."""
+    x = specials(rng, n) if n > 8 else data(rng, n)
+    if n > 8:
+        x.view(np.uint32)[[2, 5]] = [0x7FC01234, 0xFFC00001]  # NaNs with payloads
+        x[rng.integers(0, n, n // 4)] = x[0]  # ties at one key, in every tile
+    with np.errstate(over="ignore", invalid="ignore"):
+        keys = x.view(np.uint32) if keys_of == "x" else K.square(x).view(np.uint32)
+    thr = int(keys[0] & 0x7FFFFFFF) if n else 0
+    cnt = int(((keys & 0x7FFFFFFF) == thr).sum())
+    left, all_ties = {"all": (cnt, True), "counted all": (cnt, False), "none": (0, False),
+                      "some": (max(cnt // 2, 1), False)}[ties]
+    return x, keys, thr, left, all_ties
+
+
 @pytest.mark.parametrize("n", [0, 1, 31, 65536, 65537, 200003])
 @pytest.mark.parametrize("keys_of", ["x", "squares"])
 @pytest.mark.parametrize("ties", ["all", "counted all", "none", "some"])
@@ -241,16 +258,7 @@ def test_a_measured_prune_cut_is_the_cut_then_diff_stats(rng, n, keys_of, ties):
     on every tie path, with keys that are x's own bits, on 1 and 2 threads."""
     import numba
 
-    x = specials(rng, n) if n > 8 else data(rng, n)
-    if n > 8:
-        x.view(np.uint32)[[2, 5]] = [0x7FC01234, 0xFFC00001]  # NaNs with payloads
-        x[rng.integers(0, n, n // 4)] = x[0]  # ties at one key
-    with np.errstate(over="ignore", invalid="ignore"):
-        keys = x.view(np.uint32) if keys_of == "x" else K.square(x).view(np.uint32)
-    thr = int(keys[0] & 0x7FFFFFFF) if n else 0
-    cnt = int(((keys & 0x7FFFFFFF) == thr).sum())
-    left, all_ties = {"all": (cnt, True), "counted all": (cnt, False), "none": (0, False),
-                      "some": (max(cnt // 2, 1), False)}[ties]
+    x, keys, thr, left, all_ties = _tie_case(rng, n, keys_of, ties)
     was = numba.get_num_threads()
     try:
         for threads in (1, was):
@@ -323,16 +331,7 @@ def test_a_cut_and_its_quantizer_in_one_pass_are_the_two_kernels_in_turn(rng, n,
     included), keys x's bits or not, NaN and -0.0, on 1 and 2 threads."""
     import numba
 
-    x = specials(rng, n) if n > 8 else data(rng, n)
-    if n > 8:
-        x.view(np.uint32)[[2, 5]] = [0x7FC01234, 0xFFC00001]  # NaNs with payloads
-        x[rng.integers(0, n, n // 4)] = x[0]  # ties at one key, in every tile
-    with np.errstate(over="ignore", invalid="ignore"):
-        keys = x.view(np.uint32) if keys_of == "x" else K.square(x).view(np.uint32)
-    thr = int(keys[0] & 0x7FFFFFFF) if n else 0
-    cnt = int(((keys & 0x7FFFFFFF) == thr).sum())
-    left, all_ties = {"all": (cnt, True), "counted all": (cnt, False), "none": (0, False),
-                      "some": (max(cnt // 2, 1), False)}[ties]
+    x, keys, thr, left, all_ties = _tie_case(rng, n, keys_of, ties)
     k = K.unit_range(start, n, L, g)[1] if n else 1
     was = numba.get_num_threads()
     try:

@@ -80,17 +80,20 @@ def _unit_minmax(x, start, L, g, k):
 
 
 @numba.njit(**PJIT)
-def _unit_absmax_bits(u, start, L, g, k):
+def _unit_absmax_bits(u, keys, lim, start, L, g, k):
+    """Per unit, the largest ``|x|`` bits of the elements whose key is at least
+    ``lim`` (``keys = u, lim = 0``: all of them); NaN ignored."""
     G = (L + g - 1) // g
     u0 = _unit(start, L, g, G)
     out = np.zeros(k, dtype=np.uint32)
     for j in prange(k):
         lo, hi = _unit_bounds(j, u0, start, u.size, L, g, G)
         us = u[lo:hi]
+        ks = keys[lo:hi]
         m = np.uint32(0)
         for i in range(us.size):
-            key = us[i] & np.uint32(0x7FFFFFFF)
-            key = key if key <= np.uint32(0x7F800000) else np.uint32(0)  # NaN ignored
+            key = us[i] & _KEYMASK
+            key = key if key <= np.uint32(0x7F800000) and (ks[i] & _KEYMASK) >= lim else np.uint32(0)
             m = max(m, key)
         out[j] = m
     return out
@@ -104,32 +107,15 @@ def unit_absmax(x: np.ndarray, start: int, L: int, g: int) -> np.ndarray:
         from .elementwise import absmax
 
         return np.array([absmax(x)], dtype=np.float32)
-    return _unit_absmax_bits(x.view(np.uint32), start, L, g, k).view(np.float32)
-
-
-@numba.njit(**PJIT)
-def _unit_absmax_kept_bits(u, keys, lim, start, L, g, k):
-    G = (L + g - 1) // g
-    u0 = _unit(start, L, g, G)
-    out = np.zeros(k, dtype=np.uint32)
-    for j in prange(k):
-        lo, hi = _unit_bounds(j, u0, start, u.size, L, g, G)
-        us = u[lo:hi]
-        ks = keys[lo:hi]
-        m = np.uint32(0)
-        for i in range(us.size):
-            key = us[i] & np.uint32(0x7FFFFFFF)
-            key = key if key <= np.uint32(0x7F800000) and (ks[i] & _KEYMASK) >= lim else np.uint32(0)
-            m = max(m, key)
-        out[j] = m
-    return out
+    u = x.view(np.uint32)
+    return _unit_absmax_bits(u, u, np.uint32(0), start, L, g, k).view(np.float32)
 
 
 def unit_absmax_kept(x: np.ndarray, keys: np.ndarray, lim: int, start: int, L: int, g: int) -> np.ndarray:
     """:func:`unit_absmax` of ``x`` after a cut of the elements whose key (``keys & 0x7fffffff``)
     is below ``lim`` (a cut element counts as +0.0), without making the cut."""
     _, k = unit_range(start, x.size, L, g)
-    return _unit_absmax_kept_bits(x.view(np.uint32), keys, np.uint32(lim), start, L, g, k).view(np.float32)
+    return _unit_absmax_bits(x.view(np.uint32), keys, np.uint32(lim), start, L, g, k).view(np.float32)
 
 
 def unit_minmax(x: np.ndarray, start: int, L: int, g: int) -> tuple[np.ndarray, np.ndarray]:

@@ -487,14 +487,13 @@ class _SchemeRunner(StageRunner):
         """The codes of ``x`` after ``cut``, and both stages' stats, as the cut's
         ``apply_with_stats`` then :meth:`_int_measured` give them (tested)."""
         if self.local:
-            lim = cut.lim if cut.offsets.size == 0 else None
-            if lim is None:  # the cut-off block: its cut made in a copy (once per tensor)
+            if cut.offsets.size:  # the cut-off block: its cut made in a copy (once per tensor)
                 cut_x = x.copy()
                 K.prune_threshold(cut_x.view(np.uint32), cut.keys, cut.thr, cut.ties_left, np.zeros(0, np.uint8),
                                   False)
                 mx = K.unit_absmax(cut_x, block.start, self.L, self.g)
             else:
-                mx = K.unit_absmax_kept(x, cut.keys, lim, block.start, self.L, self.g)
+                mx = K.unit_absmax_kept(x, cut.keys, cut.lim, block.start, self.L, self.g)
             self._amax = max(self._amax, float(np.max(mx)))
             used, inv, zp = self.s.scales_from_stats(mx, None, self.meta.name)
         else:

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     from streamcompress.stages import quantize as Q
 
     for owner, name in [(P.TensorPipeline, "observe_sweep"), (P.TensorPipeline, "apply_sweep"),
-                        (B.KthSelector, "observe"), (K.WindowHistogram, "add"),
+                        (B.KthSelector, "observe"), (K.BandHistogram, "add"),
                         (PR._UnstructuredRunner, "cut_of"), (Q._SchemeRunner, "apply_measured_cut")]:
         _timed(owner, name, f"{owner.__name__}.{name}")
     for name in ("hist16", "cut_plan", "unit_absmax_kept", "cut_quantize_measured", "q8_0_pass",

@@ -37,26 +37,42 @@ def test_two_pass_selection_finds_exact_kth(rng, ties):
         assert below + below2 == int((keys < srt[k - 1]).sum())
 
 
-@pytest.mark.parametrize("n", [1, 4096, 70001])
-def test_hist16_window_adds_low_histograms_of_a_band(rng, n):
+@pytest.mark.parametrize("n", [1, 63, 64, 4096, 70001])
+def test_band_histogram_counts_below_and_histograms_the_band(rng, n):
+    """Keys below the band counted, the band's low bits histogrammed; keys in and
+    out of the band at every place of a 64-key group and of the tail."""
     x = data(rng, n)
     keys = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
     lo = max(0, int(np.median(keys >> 16)) - 2)
-    win = np.ones((5, 1 << 16), np.int64)  # added to, not overwritten
-    coarse = K.hist16_window(x.view(np.uint32), lo, win)
-    assert (coarse == np.bincount(keys >> 16, minlength=1 << 16)).all()
+    band = K.BandHistogram(lo, 5)
+    band.add(x.view(np.uint32))
+    assert band.below() == int(((keys >> 16) < lo).sum())
+    win = band.window()
     for j in range(5):
         sel = keys[(keys >> 16) == lo + j] & 0xFFFF
-        assert (win[j] - 1 == np.bincount(sel, minlength=1 << 16)).all()
+        assert (win[j] == np.bincount(sel, minlength=1 << 16)).all()
+
+
+def test_band_histogram_edges_of_the_key_range():
+    """A band at bin 0 and one ending at the top bin (NaN's): every key counted once."""
+    keys = np.array([0, 1, 0xFFFF, 0x10000, 0x7F800000, 0x7FC00000, 0x7FFFFFFF, 0xFFFFFFFF] * 20, np.uint32)
+    low = K.BandHistogram(0, 1)
+    assert low.add(keys) == 80  # inf and the NaNs, sign bit or not
+    assert low.below() == 0 and low.window()[0].sum() == 60
+    top = K.BandHistogram(0x7FFF - 2, 3)
+    top.add(keys)
+    assert top.below() == 120 and top.window()[2, 0xFFFF] == 40  # 0x7fffffff, with or without the sign
+    with pytest.raises(ValueError):
+        K.BandHistogram(0x7FFF, 2)
 
 
 @pytest.mark.parametrize("order", ["iid", "sorted", "reversed"])
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("block", [20000, 60000])
 def test_selector_one_pass_when_the_first_block_guesses_right(rng, order, ties, block):
-    """The selector's window (guessed from the first block) gives the same exact
-    k-th key as two passes; sorted data makes the guess miss and pass 2 runs.
-    One block holding every key always takes one pass."""
+    """The selector's band (guessed from the first block) gives the same exact
+    k-th key as two passes; sorted data makes the guess miss and the two passes
+    run after it. A block small enough to be its own sample always takes one pass."""
     from streamcompress.stages.base import KthSelector
 
     x = np.abs(data(rng, 60000, ties))
@@ -66,18 +82,18 @@ def test_selector_one_pass_when_the_first_block_guesses_right(rng, order, ties, 
     srt = np.sort(keys)
     for k in [1, 900, 30000, 60000]:
         sel = KthSelector(k, keys.size)
-        for p in range(2):
-            if p >= sel.n_passes:
-                break
+        p = 0
+        while p < sel.n_passes:
             for b in range(0, keys.size, block):
                 sel.observe(p, keys[b:b + block])
             sel.end_pass(p)
+            p += 1
         assert sel.threshold == srt[k - 1]
         assert sel.below == int((keys < srt[k - 1]).sum()) and sel.ties == int((keys == srt[k - 1]).sum())
         if block == keys.size or (order == "iid" and k == 30000):  # a median is guessed well from 20000 keys
             assert sel.n_passes == 1
     if order == "sorted" and block < keys.size:
-        assert sel.n_passes == 2  # k = n: the first block's guess is far below
+        assert sel.n_passes == 3  # k = n: the first block's guess is far below
 
 
 def test_locate_kth_rejects_out_of_range():
@@ -411,39 +427,38 @@ def test_unit_absmax_and_minmax_equal_numpy(rng, L, g, start, n):
     assert (got_mn == mn).all() and (got_mx == mx).all()
 
 
-def test_window_histogram_accumulates_blocks_and_counts_nonfinite(rng):
+def test_band_histogram_accumulates_blocks_and_counts_nonfinite(rng):
     x = specials(rng, 150001)
     keys = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
     lo = max(0, int(np.median(keys >> 16)) - 3)
-    wh = K.WindowHistogram(lo, 7)
+    band = K.BandHistogram(lo, 7)
     for a, b in [(0, 5), (5, 70000), (70000, 150001)]:
-        assert wh.add(x[a:b].view(np.uint32)) == (~np.isfinite(x[a:b])).sum()
-    assert (wh.high() == np.bincount(keys >> 16, minlength=1 << 16)).all()
-    win = wh.window()
+        assert band.add(x[a:b].view(np.uint32)) == (~np.isfinite(x[a:b])).sum()
+    assert band.below() == int(((keys >> 16) < lo).sum())
+    win = band.window()
     for j in range(7):
         assert (win[j] == np.bincount(keys[(keys >> 16) == lo + j] & 0xFFFF, minlength=1 << 16)).all()
 
 
-def test_window_histogram_folds_int32_slots_before_they_overflow(rng, monkeypatch):
-    """Slots are int32: folded into int64 totals before a count could pass 2**31 - 1
-    (the limit lowered here so a small test crosses it several times)."""
-    monkeypatch.setattr(K.WindowHistogram, "_FOLD_AT", 1000)
+def test_band_histogram_folds_slots_before_they_overflow(rng, monkeypatch):
+    """The spills are int32: slots are folded into int64 totals before a count could
+    pass 2**31 - 1 (the limit lowered here so a small test crosses it several times)."""
+    monkeypatch.setattr(K.BandHistogram, "_FOLD_AT", 1000)
     x = np.abs(rng.standard_normal(5000).astype(np.float32))
     keys = x.view(np.uint32)
     lo = int(np.median(keys >> 16)) - 1
-    wh = K.WindowHistogram(lo, 3)
+    band = K.BandHistogram(lo, 3)
     for b in range(0, 5000, 700):
-        wh.add(keys[b:b + 700])
-    assert wh._H is not None  # folded at least once
-    assert (wh.high() == np.bincount(keys >> 16, minlength=1 << 16)).all()
+        band.add(keys[b:b + 700])
+    assert band._W is not None  # folded at least once
+    assert band.below() == int(((keys >> 16) < lo).sum())
     for j in range(3):
-        assert (wh.window()[j] == np.bincount(keys[(keys >> 16) == lo + j] & 0xFFFF, minlength=1 << 16)).all()
-
+        assert (band.window()[j] == np.bincount(keys[(keys >> 16) == lo + j] & 0xFFFF, minlength=1 << 16)).all()
 
 
 @pytest.mark.parametrize("reps", [255, 256, 257, 511, 512, 100000])
-def test_window_histogram_carries_uint8_cells_past_255(rng, reps):
-    """The window's uint8 cells wrap into their spill: a key repeated ``reps``
+def test_band_histogram_carries_uint8_cells_past_255(rng, reps):
+    """The band's uint8 cells wrap into their spill: a key repeated ``reps``
     times (alone, beside others, over several blocks and both threads' slices)
     is counted ``reps`` times, and so are its neighbours. The repeats come first,
     so each is counted by the first thread's slice of the first block (up to
@@ -453,10 +468,10 @@ def test_window_histogram_carries_uint8_cells_past_255(rng, reps):
     lo = int(np.median(keys0 >> 16)) - 1
     hot = np.uint32((lo + 1) << 16 | 0x1234)
     keys = np.concatenate([np.full(reps, hot, np.uint32), np.full(300, hot + 1, np.uint32), keys0])
-    wh = K.WindowHistogram(lo, 3)
+    band = K.BandHistogram(lo, 3)
     for b in range(0, keys.size, 9000):
-        wh.add(keys[b:b + 9000])
-    win = wh.window()
+        band.add(keys[b:b + 9000])
+    win = band.window()
     for j in range(3):
         assert (win[j] == np.bincount(keys[(keys >> 16) == lo + j] & 0xFFFF, minlength=1 << 16)).all()
     assert win[1, 0x1234] >= reps

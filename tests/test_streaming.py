@@ -243,11 +243,13 @@ def test_property_chunked_equals_in_memory(tmp_path_factory, spec, stages, block
 def test_progress_bar_counts_bytes_of_every_sweep(tmp_path, rng, capsys):
     tensors = [("w", heavy_tailed(rng, (64, 32)))]
     src = write_store(tmp_path / "in.zarr", tensors, (8, 32))
-    cfg = sc.CompressionConfig.prune_then_quantize(0.5)  # 2 + 1 stat sweeps + 1 apply sweep
+    # planned: prune's band and its two passes + quantize's stat sweep + the apply sweep
+    # (the sweeps a band makes unneeded count as done when it resolves)
+    cfg = sc.CompressionConfig.prune_then_quantize(0.5)
     sc.compress_store(src, tmp_path / "out.zarr", cfg,
                       options=sc.EngineOptions(progress=True, block_elems=256))
     err = capsys.readouterr().err
-    assert "compress" in err and "32.0k/32.0k" in err  # 4 sweeps * 8 KiB
+    assert "compress" in err and "40.0k/40.0k" in err  # 5 sweeps * 8 KiB
 
 
 def test_make_checkpoint_script(tmp_path):
@@ -290,3 +292,29 @@ def test_memory_does_not_grow_with_the_number_of_tensors(tmp_path, rng):
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < peaks[0] + (1 << 20), peaks
+
+
+@pytest.mark.parametrize("order", ["rising", "falling", "iid"])
+def test_prune_exact_when_the_first_block_guesses_its_band_wrong(tmp_path, rng, monkeypatch, order):
+    """The prune's one-read selection guesses its band from the first block: rows
+    whose scale rises (or falls) over the tensor make it miss, and the two passes
+    that follow give the reference's bytes and stats; so does a band that holds."""
+    from streamcompress.stages.base import KthSelector
+
+    x = heavy_tailed(rng, (64, 300))
+    scale = np.geomspace(1e-3, 1e3, 64).astype(np.float32)[:, None]
+    x = x * (scale if order == "rising" else scale[::-1] if order == "falling" else 1)
+    passes = []
+    end_pass = KthSelector.end_pass
+    monkeypatch.setattr(KthSelector, "end_pass", lambda self, p: (passes.append(p), end_pass(self, p))[1])
+    tensors = [("w", x)]
+    stages = [("prune", dict(sparsity=0.5)), ("quantize_int8",)]
+    src = write_store(tmp_path / "in.zarr", tensors, (8, 300))
+    r = sc.compress_store(src, tmp_path / "out.zarr", sc.CompressionConfig(tuple(to_stage(s) for s in stages)),
+                          options=sc.EngineOptions(block_elems=2400))
+    work, stats = ref_compress(tensors, stages)
+    out = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    assert (bits(out["w"][...]) == bits(work[0][1])).all()
+    assert [seed_fields(s) for s in r.stage_stats] == stats
+    if order != "iid":
+        assert passes == [0, 1, 2]  # the band missed: the two passes ran after it

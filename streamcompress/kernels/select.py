@@ -4,7 +4,9 @@ For non-negative float32 scores the uint32 bit pattern is monotone in the
 value, so the k-th smallest score is found exactly by a histogram of the high
 16 bits (pass 1) and, inside the chosen high bin, of the low 16 bits (pass 2).
 Keys are taken as ``bits & 0x7fffffff`` so a float32 array's own bits give the
-|x| order without a copy (NaN sorts above +inf).
+|x| order without a copy (NaN sorts above +inf). When the k-th key's high bin
+can be guessed, one read does: :class:`BandHistogram` counts the keys below a
+band of bins around the guess and histograms the band's low bits.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import prange
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from ._jit import PJIT
 
-__all__ = ["hist16", "hist16_window", "WindowHistogram", "locate_kth", "NBINS"]
+__all__ = ["hist16", "BandHistogram", "locate_kth", "NBINS"]
 
 NBINS = 1 << 16
 
@@ -44,109 +47,110 @@ def _hist16(u, low, high_match, nthreads):
     return out
 
 
+_GROUP = 64  # keys tested together before any of them is counted in the band
+
+
+@numba.njit(inline="always")
+def _band_count(w, sp, d):
+    j, lo = d >> np.uint32(16), d & np.uint32(0xFFFF)
+    v = w[j, lo]
+    if v == np.uint8(255):
+        sp[j, lo] += 256
+        w[j, lo] = 0
+    else:
+        w[j, lo] = v + np.uint8(1)
+
+
 @numba.njit(**PJIT)
-def _hist16_window(u, win_lo, hslots, wslots, spill):
-    """Per-thread slot ``s`` of ``hslots`` (high-16-bit counts) and of ``wslots``
-    (``wslots[s, j]``: low-16-bit counts of the keys whose high bits are
-    ``win_lo + j``, uint8: each wrap past 255 adds 256 to ``spill[s, j]``)
-    added to; returns the number of NaN/inf keys."""
+def _band_hist(u, lo_key, span, wslots, spill, below):
+    """Per-thread slot ``s``: ``below[s]`` counts the keys under ``lo_key``;
+    ``wslots[s]`` (uint8, each wrap past 255 adding 256 to ``spill[s]``) the keys
+    ``lo_key + d`` with ``d < span`` at ``[d >> 16, d & 0xffff]``. Returns the
+    number of NaN/inf keys. Each group of 64 keys is compared at once (the
+    counts are vector sums); only the keys in the band are then visited, one
+    by one, from the group's bit mask."""
     n = u.size
-    nwin = wslots.shape[1]
-    nslots = min(hslots.shape[0], max(1, n // 4096))
+    nslots = min(wslots.shape[0], max(1, n // 4096))
     per = (n + nslots - 1) // nslots
     bad = np.zeros(nslots, dtype=np.int64)
     for s in prange(nslots):
         us = u[s * per:min(n, (s + 1) * per)]  # 0-based slices: see quant.quantize_units
-        h = hslots[s]
         w = wslots[s]
         sp = spill[s]
-        c = 0
-        for i in range(us.size):
+        b = np.uint32(0)  # a slice holds fewer than 2**31 keys (BandHistogram.add)
+        c = np.uint32(0)
+        m = us.size // _GROUP * _GROUP
+        for g0 in range(0, m, _GROUP):
+            grp = us[g0:g0 + _GROUP]
+            mask = np.uint64(0)
+            for t in range(_GROUP):
+                key = grp[t] & np.uint32(0x7FFFFFFF)
+                b += np.uint32(1) if key < lo_key else np.uint32(0)
+                c += np.uint32(1) if key >= np.uint32(0x7F800000) else np.uint32(0)
+                mask |= (np.uint64(1) if key - lo_key < span else np.uint64(0)) << np.uint64(t)
+            while mask:
+                t = trailing_zeros(mask)
+                mask &= mask - np.uint64(1)
+                _band_count(w, sp, np.uint32((grp[t] & np.uint32(0x7FFFFFFF)) - lo_key))
+        for i in range(m, us.size):
             key = us[i] & np.uint32(0x7FFFFFFF)
-            top = np.int64(key >> np.uint32(16))
-            h[top] += 1
-            c += top >= 0x7F80
-            j = top - win_lo
-            if j >= 0 and j < nwin:
-                lo = key & np.uint32(0xFFFF)
-                v = w[j, lo]
-                if v == np.uint8(255):
-                    sp[j, lo] += 256
-                    w[j, lo] = 0
-                else:
-                    w[j, lo] = v + np.uint8(1)
+            b += np.uint32(1) if key < lo_key else np.uint32(0)
+            c += np.uint32(1) if key >= np.uint32(0x7F800000) else np.uint32(0)
+            if key - lo_key < span:
+                _band_count(w, sp, np.uint32(key - lo_key))
+        below[s] += b
         bad[s] = c
     return bad.sum()
 
 
-class WindowHistogram:
-    """The high-16-bit histogram of every key added, plus the low-16-bit
-    histograms of the keys in a band of ``nwin`` high bins from ``win_lo``, in
-    one read of each block.
+class BandHistogram:
+    """The number of keys below a band of ``nbins`` high-16-bit bins from
+    ``lo_bin``, and the low-16-bit histograms of the keys in the band, in one
+    read of each block: what the exact k-th key needs when it falls in the band.
 
-    Counts go to per-thread slots kept for the whole run of blocks (no
-    per-block allocation; int32 high counts halve the cache the scattered
-    counts miss: together measured 3x faster than int64 slots made per call).
-    The window's counts are uint8, each wrap past 255 carried into an int32
-    spill that only those cells touch: nine bins fit a core's L2 beside the
-    high counts (590 KiB against 2.3 MiB per thread), measured 1.6x faster
-    than int32 window slots. Slots are folded into int64 totals before they
-    could overflow, and summed once by :meth:`high` / :meth:`window`.
+    Keys outside the band are only compared (vector sums, no table touched);
+    the band's counts are uint8 cells, each wrap past 255 carried into an int32
+    spill that only those cells touch (nine bins fit a core's L2: 590 KiB per
+    thread), in per-thread slots kept for the whole run of blocks, folded into
+    int64 totals before a spill could overflow and summed once by
+    :meth:`window`.
     """
 
     _FOLD_AT = (1 << 31) - 1
 
-    def __init__(self, win_lo: int, nwin: int, threads: int | None = None) -> None:
+    def __init__(self, lo_bin: int, nbins: int, threads: int | None = None) -> None:
+        if not (0 <= lo_bin and nbins >= 1 and lo_bin + nbins <= 1 << 15):
+            raise ValueError(f"a band of {nbins} bins from {lo_bin} is outside the 2**15 bins of |x| keys")
         t = max(1, threads or numba.get_num_threads())
-        self.win_lo = int(win_lo)
-        self.nwin = int(nwin)
-        self._h = np.zeros((t, NBINS), dtype=np.int32)
-        self._w = np.zeros((t, nwin, NBINS), dtype=np.uint8)
-        self._sp = np.zeros((t, nwin, NBINS), dtype=np.int32)  # calloc'd: pages made only where a cell wraps
+        self.lo_bin = int(lo_bin)
+        self.nbins = int(nbins)
+        self._w = np.zeros((t, nbins, NBINS), dtype=np.uint8)
+        self._sp = np.zeros((t, nbins, NBINS), dtype=np.int32)  # calloc'd: pages made only where a cell wraps
+        self._below = np.zeros(t, dtype=np.int64)
         self._since = 0  # keys added since the slots were last folded
-        self._H: np.ndarray | None = None  # int64 totals of folded slots
-        self._W: np.ndarray | None = None
-
-    def _fold(self) -> None:
-        h, w = self._h.sum(axis=0, dtype=np.int64), self._slots()
-        self._H = h if self._H is None else self._H + h
-        self._W = w if self._W is None else self._W + w
-        self._h[...] = 0
-        self._w[...] = 0
-        self._sp[...] = 0
-        self._since = 0
+        self._W: np.ndarray | None = None  # int64 totals of folded slots
 
     def add(self, keys: np.ndarray) -> int:
         """Count ``keys`` (uint32, 1-D, fewer than 2**31); return how many are NaN/inf bits."""
         if keys.size >= self._FOLD_AT:
-            raise ValueError("WindowHistogram takes blocks of fewer than 2**31 - 1 keys")
+            raise ValueError("BandHistogram takes blocks of fewer than 2**31 - 1 keys")
         if self._since + keys.size > self._FOLD_AT:
-            self._fold()
+            self._W = self.window()
+            self._w[...] = 0
+            self._sp[...] = 0
+            self._since = 0
         self._since += keys.size
-        return int(_hist16_window(keys, np.int64(self.win_lo), self._h, self._w, self._sp))
+        return int(_band_hist(keys, np.uint32(self.lo_bin << 16), np.uint32(self.nbins << 16),
+                              self._w, self._sp, self._below))
 
-    def _slots(self) -> np.ndarray:
-        return self._w.sum(axis=0, dtype=np.int64) + self._sp.sum(axis=0, dtype=np.int64)
-
-    def high(self) -> np.ndarray:
-        """The high-16-bit histogram so far (int64)."""
-        h = self._h.sum(axis=0, dtype=np.int64)
-        return h if self._H is None else h + self._H
+    def below(self) -> int:
+        """Keys added so far below the band."""
+        return int(self._below.sum())
 
     def window(self) -> np.ndarray:
-        """``(nwin, 65536)`` int64: row ``j`` is the low-16-bit histogram of high bin ``win_lo + j``."""
-        w = self._slots()
+        """``(nbins, 65536)`` int64: row ``j`` is the low-16-bit histogram of high bin ``lo_bin + j``."""
+        w = self._w.sum(axis=0, dtype=np.int64) + self._sp.sum(axis=0, dtype=np.int64)
         return w if self._W is None else w + self._W
-
-
-def hist16_window(keys: np.ndarray, win_lo: int, win: np.ndarray) -> np.ndarray:
-    """:func:`hist16` of the high bits, and the low-bit histograms of the high
-    bins ``win_lo .. win_lo + len(win) - 1`` added into ``win`` (int64, shape
-    ``(nwin, 65536)``), in one read of ``keys``."""
-    wh = WindowHistogram(win_lo, win.shape[0])
-    wh.add(keys)
-    win += wh.window()
-    return wh.high()
 
 
 def hist16(keys: np.ndarray, high: int | None = None) -> np.ndarray:

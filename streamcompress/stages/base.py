@@ -222,20 +222,23 @@ class IdentityRunner(StageRunner):
 
 #: high-16-bit bin of +inf: keys (``bits & 0x7fffffff``) from here up are inf or NaN
 NONFINITE_BIN = 0x7F80
+#: high-16-bit bins of keys (``bits & 0x7fffffff``)
+KEY_BINS = 0x8000
 
 
 class KthSelector:
     """Finds the exact k-th smallest key (1-based) in two histogram passes, or one.
 
-    Pass 1 histograms the high 16 bits; pass 2 the low 16 bits of the keys in
-    the chosen high bin. When ``n`` (the number of keys) is given, pass 1
-    also guesses the chosen bin from the first block's own quantile and keeps
-    the low-bit histograms of a few bins around the guess (``WINDOW`` on each
-    side, 64 KiB of uint8 cells per bin and thread: ``kernels.WindowHistogram``);
-    when the chosen bin is among them, pass 2 is not needed (``n_passes``
-    drops to 1 after ``end_pass(0)``). The result is the
-    same either way: that window row *is* pass 2's histogram. When the first
-    block holds all ``n`` keys, its bin is exact and the window is that bin alone.
+    The two passes: pass 1 histograms the high 16 bits; pass 2 the low 16 bits
+    of the keys in the chosen high bin. When ``n`` (the number of keys) is
+    given, a first pass tries to do it in one read: it guesses the chosen bin
+    from a sample of the first block (every ``SAMPLE``-th key, the block's own
+    quantile at the same rank), and counts the keys below a band of bins
+    around the guess (``WINDOW`` on each side) and the low bits of those in it
+    (``kernels.BandHistogram``: keys outside the band are only compared). When
+    the k-th key is in the band, the band's row of its bin *is* pass 2's
+    histogram and ``n_passes`` drops to 1 after ``end_pass(0)``; otherwise
+    the two passes follow (three in all). The result is the same either way.
 
     After the last pass: ``threshold`` holds the key bits, ``below`` the count
     of keys strictly smaller and ``ties`` the count equal to it.
@@ -243,33 +246,48 @@ class KthSelector:
 
     #: high bins kept on each side of the guessed one
     WINDOW = 4
+    #: one key in this many of the first block makes the guess (all of a smaller block)
+    SAMPLE = 31
 
     def __init__(self, k: int, n: int | None = None) -> None:
         self.k = int(k)
         self.n = n
-        self.n_passes = 2
+        self._one = False  # resolved by the band in one pass
         self._hist: np.ndarray | None = None  # allocated on first use
-        self._win = None  # a WindowHistogram while pass 0 keeps one
+        self._band = None  # a BandHistogram while the first pass keeps one
         self._high = -1
         self._below_high = 0
         self.threshold: int | None = None
         self.below = 0
         self.ties = 0
 
+    @property
+    def n_passes(self) -> int:
+        """Passes planned: 1 once the band held the k-th key, 3 with a band, else 2."""
+        return 1 if self._one else 3 if self.n else 2
+
+    def _plain(self, pass_index: int) -> int:
+        """Which of the two passes ``pass_index`` is (a band's pass comes first)."""
+        return pass_index - 1 if self.n else pass_index
+
+    def _band_for(self, keys: np.ndarray) -> K.BandHistogram:
+        """The band around the k-th key's bin as guessed from ``keys`` (the first block)."""
+        sample = keys if keys.size <= self.SAMPLE * 4096 else np.ascontiguousarray(keys[::self.SAMPLE])
+        rank = min(max(1, -(-self.k * sample.size // self.n)), sample.size)
+        guess = K.locate_kth(K.hist16(sample), rank)[0]
+        lo = min(max(0, guess - self.WINDOW), KEY_BINS - 2 * self.WINDOW - 1)
+        return K.BandHistogram(lo, 2 * self.WINDOW + 1)
+
     def observe(self, pass_index: int, keys: np.ndarray) -> int | None:
         """Add ``keys`` to the pass's histogram. In the first pass, returns how many
         keys are inf or NaN bits (high bins from 0x7f80): free from the histogram."""
-        if pass_index == 0:
-            if self.n and self._win is None and keys.size:  # the first block: guess the bin
-                h = K.hist16(keys)
-                if keys.size == self.n:  # all the data: the bin is exact, a window of it alone suffices
-                    self._win = K.WindowHistogram(K.locate_kth(h, self.k)[0], 1)
-                else:
-                    guess = min(max(1, -(-self.k * keys.size // self.n)), keys.size)
-                    win_lo = max(0, K.locate_kth(h, guess)[0] - self.WINDOW)
-                    self._win = K.WindowHistogram(win_lo, 2 * self.WINDOW + 1)
-            if self._win is not None:
-                return self._win.add(keys)
+        if self.n and pass_index == 0:
+            if self._band is None:
+                if not keys.size:
+                    return 0
+                self._band = self._band_for(keys)
+            return self._band.add(keys)
+        if self._plain(pass_index) == 0:
             h = K.hist16(keys)
             self._add(h)
             return int(h[NONFINITE_BIN:].sum())
@@ -286,11 +304,10 @@ class KthSelector:
 
         Partials of disjoint parts of the data add up to the whole histogram
         (:meth:`add_partial`), so a pass can be split over processes (only
-        selectors made without ``n``, which never skip pass 2).
+        selectors made without ``n``: a band is a copy's own guess).
         """
-        if self._win is not None:  # a window is this copy's own: keep only its high counts
-            self._add(self._win.high())
-            self._win = None
+        if self._band is not None:
+            raise RuntimeError("a selector's band cannot be split over ranges (make it without n)")
         h, self._hist = self._hist, None
         return h
 
@@ -309,24 +326,35 @@ class KthSelector:
         return 0 if partial is None else int(partial[self.threshold & 0xFFFF])
 
     def end_pass(self, pass_index: int) -> None:
+        if self.n and pass_index == 0:
+            band, self._band = self._band, None
+            if band is not None:
+                win = band.window()
+                cum = np.cumsum(win.sum(axis=1))
+                kk = self.k - band.below()
+                if 1 <= kk <= int(cum[-1]):  # the k-th key is in the band: its row is pass 2's histogram
+                    j = int(np.searchsorted(cum, kk, side="left"))
+                    self._high = band.lo_bin + j
+                    self._below_high = band.below() + (int(cum[j - 1]) if j else 0)
+                    self._hist = win[j]
+                    self._one = True
+                    self._resolve()
+            return
         if self._hist is None:
             self._hist = np.zeros(1 << 16, dtype=np.int64)
-        if pass_index == 0:
-            wh, self._win = self._win, None
-            if wh is not None:
-                self._hist += wh.high()
+        if self._plain(pass_index) == 0:
             self._high, self._below_high = K.locate_kth(self._hist, self.k)
             self._hist = None  # the next pass starts from zero
-            if wh is not None and 0 <= self._high - wh.win_lo < wh.nwin:  # pass 2's histogram is known
-                self._hist = wh.window()[self._high - wh.win_lo]
-                self.n_passes = 1
-                self.end_pass(1)
         else:
-            low, below_low = K.locate_kth(self._hist, self.k - self._below_high)
-            self.threshold = (self._high << 16) | low
-            self.below = self._below_high + below_low
-            self.ties = int(self._hist[low])
-            self._hist = None  # 512 KiB per selector: free it once the threshold is known
+            self._resolve()
+
+    def _resolve(self) -> None:
+        """The threshold from the chosen high bin's low-bit histogram (``self._hist``)."""
+        low, below_low = K.locate_kth(self._hist, self.k - self._below_high)
+        self.threshold = (self._high << 16) | low
+        self.below = self._below_high + below_low
+        self.ties = int(self._hist[low])
+        self._hist = None  # 512 KiB per selector: free it once the threshold is known
 
 
 class SelectorRunner(StageRunner):
@@ -343,7 +371,7 @@ class SelectorRunner(StageRunner):
         self.sel.end_pass(pass_index)
 
     def prepare_split(self) -> None:
-        self.sel.n = None  # a guessed window is a range's own: always take pass 2
+        self.sel.n = None  # a guessed band is a range's own: always take the two passes
 
     def take_partial(self, pass_index: int) -> Any:
         return self.sel.take_partial()
